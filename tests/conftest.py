@@ -17,7 +17,9 @@ DATA = SHARED / "data"
 WEIGHTS = SHARED / "weights"
 
 # Tolerances for comparing fast paths against their torch reference: dtype -> (rtol, atol).
-TOLERANCES = {"float32": (1e-5, 1e-5), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
+TOLERANCES = {"float32": (1e-5, 1e-5), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2),
+              # fp32 sums over very long rows (K = 65,536+) or many patches, where summation order differs
+              "float32_long": (1e-4, 1e-5)}
 
 
 def pytest_collection_modifyitems(config, items):
