@@ -241,3 +241,54 @@ def test_cuda_large_k_small_batch(seed):
     (l1, g1, _), (l2, g2, _) = _both(s, t, c)
     tt.assert_close(l1, l2, rtol=1e-4, atol=1e-4)
     _grad_close(g1, g2)
+
+
+# ---- torch.distributed: the op all-reduces the centre's batch mean and the SK sums ----
+
+CONFIGS = [(impl, centering) for impl in ("torch", "triton") for centering in ("center", "sinkhorn_knopp")]
+
+
+def _ddp_worker(rank, world, port, data, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        import deo_kit.kernels.dino_loss as kd
+        kd.MAX_BLOCK_K = 64
+        s, t = (x.chunk(world, dim=1)[rank].contiguous() for x in data[:2])
+        s.requires_grad_()
+        for impl, centering in CONFIGS:  # one process group for all four: spawning dominates the cost
+            loss, center = dino_loss(s, t, data[2], impl=impl, centering=centering, **KW)
+            g, = torch.autograd.grad(loss, s)
+            out[(rank, impl, centering)] = (loss.detach(), g, center)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_matches_one_process(seed):
+    "Two gloo ranks with half the batch each get the full batch's centre and SK targets (torch and Triton paths)."
+    import socket
+    import torch.multiprocessing as mp
+    from deo_kit.loss.dino import dino_cross_entropy
+    if DEV != "cpu":
+        pytest.skip("gloo check runs on CPU")
+    S, T, B, K = 3, 2, 4, 150
+    data = (torch.randn(S, B, K) * 3, torch.randn(T, B, K) * 3, torch.randn(K) * 0.1)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, data, out), nprocs=2)
+    s, t, c = data  # one process, full batch: targets/centre over all rows; each rank's loss is over its own rows
+    for impl, centering in CONFIGS:
+        if centering == "center":
+            targets = softmax_center_teacher(t, c, KW["teacher_temp"])
+            for rank in (0, 1):
+                tt.assert_close(out[(rank, impl, centering)][2], update_center(t, c, 0.9))
+        else:
+            targets = sinkhorn_knopp_teacher(t, KW["teacher_temp"])
+        for rank, rows in ((0, slice(0, 2)), (1, slice(2, 4))):
+            s_r = s[:, rows].clone().requires_grad_()
+            l_r = dino_cross_entropy(s_r, targets[:, rows], KW["student_temp"])
+            loss, g, _ = out[(rank, impl, centering)]
+            tt.assert_close(loss, l_r.detach(), rtol=LOSS_TOL[0], atol=LOSS_TOL[1], msg=f"{impl} {centering} rank {rank}")
+            _grad_close(g, torch.autograd.grad(l_r, s_r)[0])
