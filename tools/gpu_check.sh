@@ -40,5 +40,23 @@ timeout 120 $PY -c "import sys; from deo_kit.bench.kernels import cli_main; sys.
   timeout 45 $PY -c "import sys; from deo_kit.bench.kernels import cli_main; sys.exit(cli_main(['--reps', '20', '--no-compile']))" || status=1
 }
 
+# --- training-step benchmark (issue 8): Swin-B, 64 images, bf16, optimised vs deo_kit's straightforward mode
+echo "== deo bench step: Swin-B, 64 images, bf16 (straightforward, optimised, optimised + compile)"
+BENCH=${BENCH_OUT:-/tmp/deo_bench_step}; mkdir -p "$BENCH"
+STEP="import sys; from deo_kit.bench.step import cli_main; sys.exit(cli_main(sys.argv[1:]))"
+STEP_ARGS=(--arch swin_b --images 64 --dtype bf16)
+timeout 150 $PY -c "$STEP" "${STEP_ARGS[@]}" --straightforward --json "$BENCH/straightforward.json" || status=1
+timeout 150 $PY -c "$STEP" "${STEP_ARGS[@]}" --json "$BENCH/optimised.json" || status=1
+timeout 240 $PY -c "$STEP" "${STEP_ARGS[@]}" --compile --json "$BENCH/compiled.json" || echo "compiled step failed or ran out of time"
+$PY - "$BENCH" <<'PY' || status=1
+import json, sys, pathlib
+d = pathlib.Path(sys.argv[1]); r = {p.stem: json.loads(p.read_text()) for p in d.glob("*.json")}
+base = r.get("straightforward")
+for k in ("straightforward", "optimised", "compiled"):
+    if k in r:
+        x = r[k]; ratio = f"{x['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
+        print(f"{k:<16}{x['images_per_s']:>9.1f} images/s {x['median_s']:>8.3f} s/it  peak GPU {x['peak_gpu_gib']:.1f} GiB  vs straightforward {ratio}  (target >= 1.5x)")
+PY
+
 echo "== done in $((SECONDS - start)) s, status $status"
 exit $status
