@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from .student import DualStemSwin, DualStemViT, create_student
+from .teachers import unwrap_state_dict
 
 # %% auto #0
 __all__ = ['unwrap_checkpoint', 'load_checked', 'detect_deo_layout', 'deo_to_student_keys', 'student_to_deo_keys',
@@ -16,19 +17,11 @@ __all__ = ['unwrap_checkpoint', 'load_checked', 'detect_deo_layout', 'deo_to_stu
 
 # %% ../../nbs/23_models.deo_ref.ipynb #c5a1b307
 _WRAP = ("student", "teacher", "model", "state_dict", "module")
-_PREFIX = ("module.", "_orig_mod.", "backbone.")
 _HEADS = ("head", "head_ms", "cls_head", "patch_head_late", "patch_head_mid", "dino_head", "fc")
 
 def unwrap_checkpoint(ckpt: dict) -> dict[str, torch.Tensor]:
-    "The tensor dict of a checkpoint: wrappers and module./_orig_mod./backbone. prefixes removed."
-    for k in _WRAP:
-        if isinstance(ckpt.get(k), dict): return unwrap_checkpoint(ckpt[k])
-    out = {}
-    for k, v in ckpt.items():
-        if not torch.is_tensor(v): continue
-        while k.startswith(_PREFIX): k = k[next(len(p) for p in _PREFIX if k.startswith(p)):]
-        out[k] = v
-    return out
+    "The tensor dict of a checkpoint: the student preferred, module./_orig_mod./backbone. prefixes removed."
+    return unwrap_state_dict(ckpt, _WRAP)
 
 def load_checked(model: nn.Module, # target module
                  sd: dict, # state dict in the module's names

@@ -15,10 +15,10 @@ from .student import resize_pos_embed
 from .demo_teacher import DEMO_TEACHER_FILE, TEACHER_HINT, fetch_demo_teacher
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'read_state_dict', 'detect_layout', 'to_timm_state_dict', 'timm_to_hf_dinov2',
-           'TeacherArch', 'detect_arch', 'build_teacher_model', 'TeacherOutput', 'default_layers', 'OpticalTeacher',
-           'resolve_teacher_path', 'load_optical_teacher', 'EMATeacher', 'make_ema_teacher', 'ema_update',
-           'cosine_momentum']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'read_state_dict', 'unwrap_state_dict', 'detect_layout', 'to_timm_state_dict',
+           'timm_to_hf_dinov2', 'TeacherArch', 'detect_arch', 'build_teacher_model', 'TeacherOutput', 'default_layers',
+           'OpticalTeacher', 'resolve_teacher_path', 'load_optical_teacher', 'EMATeacher', 'make_ema_teacher',
+           'ema_update', 'cosine_momentum']
 
 # %% ../../nbs/21_models.teachers.ipynb #0bd6aaa1
 def _missing_file(path) -> FileNotFoundError:
@@ -39,10 +39,12 @@ def read_state_dict(path: str | Path # .safetensors, .pth, .pt or .bin
 _WRAPPERS = ("teacher", "model_ema", "model", "state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.", "backbone.")
 
-def _unwrap(sd: dict) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(sd: dict, # a checkpoint: a state dict, or one nested under a wrapper key
+                      wrappers: tuple[str, ...] = _WRAPPERS # wrapper keys to descend into, in order of preference
+                     ) -> dict[str, torch.Tensor]:
     "Find the tensor dict inside a checkpoint and strip wrapper prefixes."
-    for k in _WRAPPERS:
-        if isinstance(sd.get(k), dict): return _unwrap(sd[k])
+    for k in wrappers:
+        if isinstance(sd.get(k), dict): return unwrap_state_dict(sd[k], wrappers)
     out = {}
     for k, v in sd.items():
         if not torch.is_tensor(v): continue
@@ -120,7 +122,7 @@ def _from_meta_dinov3(sd: dict) -> dict:
 def to_timm_state_dict(sd: dict # a loaded checkpoint (any supported layout, wrapped or not)
                       ) -> tuple[dict, str]: # (timm-layout state dict, detected layout)
     "Convert a DINOv2/DINOv3 checkpoint to timm key names."
-    sd = _unwrap(sd)
+    sd = unwrap_state_dict(sd)
     layout = detect_layout(sd)
     if layout in ("hf", "hf5"): sd = _from_meta_dinov2(_from_hf(sd))
     elif layout == "meta-dinov2": sd = _from_meta_dinov2(sd)

@@ -333,7 +333,6 @@ def train_step(model, ddp, opt, scaler, autocast, batches, sched, cfg, device,
         ema_update(model.ema, model.student, sched["momentum"], head=model.ms_head)
     return parts_sum
 
-_step = train_step  # the name the loop used before timing hooks
 
 def _micro_batches(it, n):
     while True:
