@@ -24,6 +24,7 @@ METRIC_GROUPS = {
     "momentum": ("momentum",),
     "teacher temp": ("teacher_temp",),
     "images / s": ("images_per_s",),
+    "kNN monitor top-1": ("knn_top1",),
 }
 
 def read_metrics(run) -> pd.DataFrame:
@@ -40,7 +41,7 @@ def metric_groups(df: pd.DataFrame) -> dict[str, list[str]]:
     "The panels a table supports: each group's columns that are present and not all NaN (unknown numeric columns get a panel each)."
     have = {c for c in df.columns if c != "step" and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()}
     out = {g: [c for c in cols if c in have] for g, cols in METRIC_GROUPS.items()}
-    known = {c for cols in METRIC_GROUPS.values() for c in cols}
+    known = {c for cols in METRIC_GROUPS.values() for c in cols} | {"knn_seconds"}
     out.update({c: [c] for c in sorted(have - known)})
     return {g: cols for g, cols in out.items() if cols}
 
@@ -60,8 +61,9 @@ def plot_metrics(run, # run folder, metrics.csv path or a DataFrame
     axes = np.atleast_1d(fig.subplots(nr, min(cols, n), squeeze=False)).ravel()
     for ax, (g, cs) in zip(axes, groups.items()):
         for c in cs:
-            y = df[c]
-            line, = ax.plot(df["step"], y, lw=1, alpha=0.35 if smooth > 1 else 1, label=c)
+            sparse = df[c].isna().any()  # e.g. the kNN monitor, logged every N steps: draw its points
+            x, y = (df["step"][df[c].notna()], df[c].dropna()) if sparse else (df["step"], df[c])
+            line, = ax.plot(x, y, lw=1, alpha=0.35 if smooth > 1 else 1, label=c, marker="o" if sparse else None, ms=3)
             if smooth > 1: ax.plot(df["step"], y.rolling(smooth, min_periods=1).mean(), lw=1.5, color=line.get_color())
         ax.set_title(g, fontsize=9); ax.tick_params(labelsize=7); ax.grid(alpha=0.3)
         if len(cs) > 1: ax.legend(fontsize=6, frameon=False)
