@@ -6,11 +6,10 @@
 from __future__ import annotations
 import json
 from pathlib import Path
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 from .bands import get_band_set, get_layout
-from .io import RASTER_SUFFIXES, band_files, open_band_files, open_raster
+from .io import RASTER_SUFFIXES, open_band_files, open_raster
 
 # %% auto #0
 __all__ = ['find_class_files', 'ClassFolderDataset', 'BigEarthNetDataset']

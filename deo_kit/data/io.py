@@ -18,9 +18,10 @@ from rasterio.windows import Window
 from .bands import SENSORS, canonical_sensor, get_layout, normalize_band, normalize_bands
 
 # %% auto #0
-__all__ = ['RASTER_SUFFIXES', 'FILL_RULES', 'RasterReadError', 'BandError', 'band_from_filename', 'open_raster', 'select_bands',
-           'band_files', 'open_band_files', 'open_scene', 'nodata_counts', 'fill_nodata', 'raster_shape',
-           'tile_windows', 'iter_tiles', 'demo_scene_path', 'open_demo_scene', 'iter_strips']
+__all__ = ['RASTER_SUFFIXES', 'FILL_RULES', 'RasterReadError', 'BandError', 'to_dataarray', 'band_from_filename', 'open_raster',
+           'select_bands', 'band_files', 'reference_grid', 'open_band_files', 'open_scene', 'nodata_counts',
+           'fill_nodata', 'raster_shape', 'tile_windows', 'iter_tiles', 'demo_scene_path', 'open_demo_scene',
+           'iter_strips']
 
 # %% ../../nbs/03_data.io.ipynb #9a7eed7b
 class RasterReadError(OSError):
@@ -43,7 +44,7 @@ def _read(ds, window=None, indexes=None):
     except RasterioError as e: raise RasterReadError(f"{ds.name}: could not read pixel data, the file may be truncated or corrupt ({e})") from e
 
 # %% ../../nbs/03_data.io.ipynb #e550c750
-def _to_dataarray(values, bands, transform, crs, sensor, source, nodata_mask=None):
+def to_dataarray(values, bands, transform, crs, sensor, source, nodata_mask=None):
     "A (band, y, x) DataArray with pixel-centre coordinates, CRS and band names."
     values = np.asarray(values, dtype="float32")
     if nodata_mask is not None: values[nodata_mask] = np.nan
@@ -91,7 +92,7 @@ def open_raster(path, # a GeoTIFF / COG
         values = _read(ds, win, idx)
         nodata = None if ds.nodata is None else values == ds.nodata
         transform = ds.window_transform(win) if win is not None else ds.transform
-        return _to_dataarray(values, [names[i - 1] for i in idx], transform, ds.crs, sensor, path, nodata)
+        return to_dataarray(values, [names[i - 1] for i in idx], transform, ds.crs, sensor, path, nodata)
 
 def _pick(available, wanted, sensor, source):
     "The wanted band names (all when None), each checked against what `source` has."
@@ -140,7 +141,7 @@ def band_files(folder, # a folder of single-band rasters named ..._<BAND>.tif
     return sensor, {b: found[b] for b in SENSORS[sensor] if b in found}
 
 # %% ../../nbs/03_data.io.ipynb #a2174f41
-def _reference_grid(files: dict, reference: str | None):
+def reference_grid(files: dict, reference: str | None):
     "CRS, transform and shape of the reference band (the finest resolution unless named); CRSs must agree."
     info = {}
     for b, f in files.items():
@@ -193,13 +194,13 @@ def open_band_files(folder, # folder of per-band files, or a {band: path} dict
     if resampling not in ("bilinear", "nearest"): raise ValueError(f"resampling must be 'bilinear' or 'nearest', got {resampling!r}")
     sensor, files = band_files(folder, sensor) if not isinstance(folder, dict) else (canonical_sensor(sensor or "sentinel-2"), folder)
     files = {b: files[b] for b in _pick(list(files), bands, sensor, folder)}
-    crs, transform, h, w = _reference_grid(files, reference)
+    crs, transform, h, w = reference_grid(files, reference)
     if window: _check_window(window, h, w, folder); transform = transform @ transform.translation(window[1], window[0]); h, w = window[2:]
     planes = []
     for b, f in files.items():
         with _open(f) as ds: aligned = ds.transform.a == transform.a and ds.transform.e == transform.e and _same_origin(ds, transform, window)
         planes.append(_read_aligned(f, window, (h, w)) if aligned else _resample_band(f, b, crs, transform, (h, w), resampling))
-    return _to_dataarray(np.stack(planes), list(files), transform, crs, sensor, folder)
+    return to_dataarray(np.stack(planes), list(files), transform, crs, sensor, folder)
 
 def _same_origin(ds, transform, window):
     "True when `ds` is on the target grid (same pixel size and origin), so it can be read without resampling."
@@ -237,7 +238,7 @@ def fill_nodata(da: xr.DataArray, rule: str = "error") -> xr.DataArray:
 def raster_shape(path) -> tuple[int, int]:
     "(height, width) of a raster file, or of the finest band of a per-band folder, without reading pixels."
     path = Path(path)
-    if path.is_dir(): return tuple(_reference_grid(band_files(path)[1], None)[2:])
+    if path.is_dir(): return tuple(reference_grid(band_files(path)[1], None)[2:])
     with _open(path) as ds: return ds.height, ds.width
 
 def tile_windows(height: int, width: int, size: int, # square tile edge in pixels

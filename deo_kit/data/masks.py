@@ -13,7 +13,7 @@ import rasterio
 import xarray as xr
 from rasterio.enums import Resampling
 from rasterio.windows import Window
-from .io import _to_dataarray
+from .io import to_dataarray
 
 # %% auto #0
 __all__ = ['SCL_CLASSES', 'SCL_CLOUDY', 'CONFIDENCE', 'FILTER_MODES', 'S2_BAND_IDS', 'read_quality', 'same_grid',
@@ -32,7 +32,7 @@ def read_quality(path, # a single-band quality raster (SCL, QA60, MSK_CLDPRB, BQ
         v = ds.read(1, window=win, out_dtype="float32")
         if ds.nodata is not None: v[v == ds.nodata] = np.nan
         t = ds.window_transform(win) if win else ds.transform
-        return _to_dataarray(v[None], ["quality"], t, ds.crs, "quality", path)[0].drop_vars("band")
+        return to_dataarray(v[None], ["quality"], t, ds.crs, "quality", path)[0].drop_vars("band")
 
 # %% ../../nbs/06_data.masks.ipynb #45c7e2b4
 def same_grid(a: xr.DataArray, b: xr.DataArray, tol: float = 1e-6) -> bool:

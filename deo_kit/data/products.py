@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 import xarray as xr
 from .bands import BAND_SETS, SENSORS, canonical_sensor, normalize_band
-from .io import BandError, open_band_files, _reference_grid
+from .io import BandError, open_band_files, reference_grid
 from .masks import apply_offset, mask_on_grid, read_quality, s2_offsets, read_s2_metadata
 
 # %% auto #0
@@ -155,7 +155,7 @@ def product_shape(path, bands: Sequence[str] | None = None) -> tuple[int, int]:
     want = [normalize_band(b, prod.sensor) for b in (bands or prod.bands)]
     missing = [b for b in want if b not in prod.bands]
     if missing: raise BandError(f"{prod.path}: the product lacks band(s) {missing}; it has {list(prod.bands)}")
-    return tuple(_reference_grid({b: prod.bands[b] for b in want}, None)[2:])
+    return tuple(reference_grid({b: prod.bands[b] for b in want}, None)[2:])
 
 def source_reader(path, # a raster, a per-band folder, a SAFE folder or a STAC item
                   bands: Sequence[str], sensor: str | None = None, layout=None, **product_kw):

@@ -5,7 +5,7 @@
 # %% ../../nbs/04_data.stats.ipynb #f619b720
 from __future__ import annotations
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 import numpy as np

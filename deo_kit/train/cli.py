@@ -20,7 +20,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file applied after the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set optim.lr=1e-4 (repeatable; values parsed as YAML)")
-    p.add_argument("--data", action="append", help="training data (repeatable): a scene file, a per-band folder, or class folders (labels unused)")
+    p.add_argument("--data", action="append", help="training data (repeatable): a scene file, a per-band folder, a SAFE folder or STAC item JSON, class folders (labels unused), or a shard folder (streamed)")
     p.add_argument("--layout", help="band order inside multi-band files, e.g. eurosat-ms")
     p.add_argument("--teacher", help="optical teacher weights file (else $DEO_KIT_TEACHER, the cache, or the demo teacher)")
     p.add_argument("--out", help="run folder (default runs/pretrain-<time>)")

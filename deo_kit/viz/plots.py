@@ -24,7 +24,7 @@ METRIC_GROUPS = {
     "momentum": ("momentum",),
     "teacher temp": ("teacher_temp",),
     "images / s": ("images_per_s",),
-    "kNN monitor top-1": ("knn_top1",),
+    "kNN monitor top-1": ("knn_top1", "knn_top1_init"),
 }
 
 def read_metrics(run) -> pd.DataFrame:
