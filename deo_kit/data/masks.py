@@ -18,7 +18,8 @@ from .io import to_dataarray
 # %% auto #0
 __all__ = ['SCL_CLASSES', 'SCL_CLOUDY', 'CONFIDENCE', 'FILTER_MODES', 'S2_BAND_IDS', 'read_quality', 'same_grid',
            'check_same_grid', 'mask_on_grid', 'scl_mask', 'qa60_mask', 'cloud_prob_mask', 'bqa_mask', 'cloud_fraction',
-           'CloudFilter', 'filter_windows', 'read_s2_metadata', 's2_offsets', 'apply_offset', 'write_s2_metadata']
+           'CloudFilter', 'filter_windows', 'read_s2_metadata', 'OffsetUnknownError', 's2_offsets', 'apply_offset',
+           'write_s2_metadata']
 
 # %% ../../nbs/06_data.masks.ipynb #7cb3f81f
 def read_quality(path, # a single-band quality raster (SCL, QA60, MSK_CLDPRB, BQA)
@@ -181,6 +182,9 @@ def _baseline_number(b) -> float:
     except ValueError: raise ValueError(f"processing baseline {b!r} is not a number like '04.00'") from None
 
 # %% ../../nbs/06_data.masks.ipynb #df1353eb
+class OffsetUnknownError(ValueError):
+    "The Sentinel-2 radiometric offset is neither stated nor in the product's metadata."
+
 def s2_offsets(bands: Sequence[str], # the bands that will be read
                metadata=None, # a product metadata XML path, or a dict from read_s2_metadata
                offset: float | dict | None = None, # stated offset (DN), for all bands or per band; wins over metadata
@@ -196,11 +200,11 @@ def s2_offsets(bands: Sequence[str], # the bands that will be read
     md = read_s2_metadata(metadata) if isinstance(metadata, (str, Path)) else (metadata or {})
     if md.get("offsets"):
         missing = [b for b in bands if b not in md["offsets"]]
-        if missing: raise ValueError(f"{md.get('source', 'metadata')}: no offset for band(s) {missing}")
+        if missing: raise OffsetUnknownError(f"{md.get('source', 'metadata')}: no offset for band(s) {missing}")
         return {b: md["offsets"][b] for b in bands}
     baseline = baseline or md.get("baseline")
     if baseline is not None: return {b: (-1000.0 if _baseline_number(baseline) >= 4.0 else 0.0) for b in bands}
-    raise ValueError("cannot determine the Sentinel-2 radiometric offset: no product metadata with RADIO_ADD_OFFSET/BOA_ADD_OFFSET "
+    raise OffsetUnknownError("cannot determine the Sentinel-2 radiometric offset: no product metadata with RADIO_ADD_OFFSET/BOA_ADD_OFFSET "
                      "or PROCESSING_BASELINE; state it (offset=-1000 for baseline 04.00 or later, offset=0 before) or give baseline=")
 
 def apply_offset(da: xr.DataArray, offsets: dict[str, float]) -> xr.DataArray:

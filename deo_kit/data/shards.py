@@ -16,8 +16,8 @@ from .masks import cloud_fraction
 from .products import as_product, is_product, source_cloud_mask, source_reader
 
 # %% auto #0
-__all__ = ['DTYPES', 'expand_sources', 'iter_patches', 'write_shards', 'ShardDataset', 'collate_patches', 'shard_parser',
-           'shard_cli_main']
+__all__ = ['DTYPES', 'expand_sources', 'iter_patches', 'write_shards', 'ShardDataset', 'worker_slot', 'stream_patches',
+           'collate_patches', 'shard_parser', 'shard_cli_main']
 
 # %% ../../nbs/08_data.shards.ipynb #c528b7a2
 def expand_sources(sources: Sequence) -> list[Path]:
@@ -201,15 +201,16 @@ def _read_shard(path: Path) -> Iterator[tuple[np.ndarray, dict]]:
             if m.name.endswith(".npy"): x = np.load(io.BytesIO(data), allow_pickle=False)
             else: yield x, {**json.loads(data), "key": m.name[:-5]}
 
-def _worker(self: ShardDataset) -> tuple[int, int]:
+def worker_slot(ds: ShardDataset) -> tuple[int, int]:
     "(logical worker id, workers): rotated by start_batch, so the resumed loader's first worker plays the one whose turn it is."
     wi = get_worker_info()
     wid, nw = (wi.id, wi.num_workers) if wi else (0, 1)
-    return (wid + self.start_batch) % nw, nw
+    return (wid + ds.start_batch) % nw, nw
 
 @torch.no_grad()
-def _iter(self: ShardDataset):
-    wid, nw = _worker(self)
+def stream_patches(self: ShardDataset):
+    "One epoch of this rank's and worker's (patch, meta) pairs, shuffled through a buffer; no resume skip."
+    wid, nw = worker_slot(self)
     shards = self.rank_shards()[wid::nw]
     rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
     buf = []
@@ -225,9 +226,9 @@ def _iter(self: ShardDataset):
     while buf: yield out(*buf.pop(int(rng.integers(len(buf)))))
 
 def _iter_skip(self: ShardDataset):
-    wid, nw = _worker(self)
+    wid, nw = worker_slot(self)
     skip = (max(0, self.start_batch - wid) + nw - 1) // nw * self.batch_size  # this worker's share of the seen batches
-    for i, item in enumerate(_iter(self)):
+    for i, item in enumerate(stream_patches(self)):
         if i >= skip: yield item
 
 def collate_patches(items) -> tuple[torch.Tensor, list[dict]]:

@@ -15,9 +15,9 @@ from ..data.bands import get_band_set, rgb_indices
 from ..data.crops import MultiCrop, MultiCropConfig, MultiCropDataset, collate_crops
 from ..data.datasets import ClassFolderDataset
 from ..data.io import band_files, open_demo_scene, open_scene
-from ..data.masks import CloudFilter
+from ..data.masks import CloudFilter, OffsetUnknownError
 from ..data.products import is_product, read_product, source_cloud_mask
-from ..data.shards import ShardDataset, _iter, _worker
+from ..data.shards import ShardDataset, stream_patches, worker_slot
 from ..data.stats import get_stats
 
 # %% auto #0
@@ -47,8 +47,7 @@ def is_shard_folder(p) -> bool:
 def _read_scene(p: Path, cfg: DEOConfig, bands):
     if is_product(p):
         try: return read_product(p, bands=bands, offset=cfg.data.s2_offset)
-        except ValueError as e:
-            if "offset" not in str(e): raise
+        except OffsetUnknownError as e:
             raise ValueError(f"{p}: {e} (for pretraining, state it with data.s2_offset)") from None
     return open_scene(p, layout=cfg.data.layout, bands=bands)
 
@@ -106,7 +105,7 @@ class ShardCrops(IterableDataset):
             for r in self.roots:
                 ds = ShardDataset(r, seed=self.seed, rank=self.rank, world=self.world, epoch=epoch, bands=self.bands,
                                   start_batch=self.start_batch, batch_size=self.batch_size)
-                yield from _iter(ds)
+                yield from stream_patches(ds)
 
     def _usable(self, x, meta) -> bool:
         if not torch.isfinite(x).all(): return False
@@ -116,7 +115,7 @@ class ShardCrops(IterableDataset):
         return cf <= self.max_cloud
 
     def __iter__(self):
-        wid, nw = _worker(self)  # logical worker, rotated by start_batch as ShardDataset does
+        wid, nw = worker_slot(self)  # logical worker, rotated by start_batch as ShardDataset does
         skip = (max(0, self.start_batch - wid) + nw - 1) // nw * self.batch_size  # this worker's share of the batches seen
         physical = (wid - self.start_batch) % nw
         n = len(range(physical, self.end_batch - self.start_batch, nw)) * self.batch_size  # its share of the batches to come
