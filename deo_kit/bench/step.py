@@ -16,8 +16,9 @@ from ..train.meta import DEOModel, StepTimer, build_optical_teacher
 from ..train.fast import fast_paths_on
 
 # %% auto #0
-__all__ = ['DROP_PATH', 'VIT_DROP_PATH', 'ARCHS', 'REFERENCE', 'PIECES', 'bench_config', 'make_batch', 'StepBench', 'timed_step',
-           'peak_rss_gib', 'run_bench', 'describe', 'format_report', 'parser', 'cli_main']
+__all__ = ['DROP_PATH', 'VIT_DROP_PATH', 'ARCHS', 'REFERENCE', 'PIECES', 'SDPA_CPU', 'GEMM_OPS', 'bench_config', 'make_batch',
+           'StepBench', 'timed_step', 'peak_rss_gib', 'run_bench', 'gemm_profile', 'gemm_peak_gflops', 'describe',
+           'format_report', 'parser', 'cli_main']
 
 # %% ../../nbs/82_bench.step.ipynb #18b26656
 DROP_PATH = {"swin_t": 0.2, "swin_s": 0.3, "swin_b": 0.5}  # torchvision's defaults, which the reference's Swin gets
@@ -119,6 +120,43 @@ def run_bench(sb: StepBench, warmup: int = 2, iters: int = 5, log=print) -> dict
                 peak_gpu_gib=torch.cuda.max_memory_allocated(sb.device) / 2**30 if cuda else None,
                 pieces=pc, times_s=walls, total_loss=float(parts["total"]))
 
+# %% ../../nbs/82_bench.step.ipynb #af0745db
+SDPA_CPU = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm") + SDPA_CPU  # the leaf ops: no double counting
+
+def _gemm_gflop(key: str, shapes: list) -> float:
+    "Floating-point work (GFLOP) of one call, from its input shapes."
+    if key in ("aten::addmm", "aten::baddbmm"): shapes = shapes[1:]  # the bias comes first
+    a, b = shapes[0], shapes[1]
+    if key in ("aten::mm", "aten::addmm"): return 2 * a[0] * a[1] * b[1] / 1e9
+    if key in ("aten::bmm", "aten::baddbmm"): return 2 * a[0] * a[1] * a[2] * b[2] / 1e9
+    if key.endswith("_backward"): a, b = shapes[1], shapes[2]  # grad_out comes first
+    B, H, L, d = a; S = b[2]  # attention: q B H L d, k B H S d
+    fwd = 4 * B * H * L * S * d / 1e9  # QKᵀ and PV
+    return 2.5 * fwd if key.endswith("_backward") else fwd  # backward: QKᵀ recomputed, then dV, dP, dQ, dK
+
+def gemm_profile(sb: StepBench) -> dict:
+    "One profiled CPU iteration: seconds and GFLOP in matrix products (and CPU attention kernels) against the whole iteration."
+    from torch.profiler import ProfilerActivity, profile
+    if sb.device.type != "cpu": raise ValueError(f"gemm_profile measures CPU iterations; this benchmark runs on {sb.device}")
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: wall, *_ = timed_step(sb)
+    secs = gflop = 0.0
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key not in GEMM_OPS: continue
+        secs += e.self_cpu_time_total / 1e6
+        gflop += e.count * _gemm_gflop(e.key, e.input_shapes)
+    return dict(profiled_s=wall, gemm_s=secs, gemm_gflop=gflop, gemm_gflops=gflop / secs if secs else 0.0)
+
+def gemm_peak_gflops(n: int = 1536, # matrix size (n×n×n fp32 product)
+                     reps: int = 5) -> float:
+    "This CPU's best fp32 matrix-product rate (GFLOP/s) over `reps` timed calls, with the current torch thread count."
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for i in range(reps + 2):
+        t0 = time.perf_counter(); a @ b
+        if i >= 2: best = min(best, time.perf_counter() - t0)  # two untimed calls warm the library up
+    return 2 * n ** 3 / best / 1e9
+
 # %% ../../nbs/82_bench.step.ipynb #c627e259
 def describe(sb: StepBench, mode: str, threads: int | None) -> dict:
     "What was measured: configuration, mode and machine."
@@ -142,6 +180,10 @@ def format_report(info: dict, res: dict) -> str:
         lines.append(f"reference implementation (published, its machine): {ref[0]:.2f} s/it, {ref[1]:.2f} GiB -> ratio {res['median_s'] / ref[0]:.2f}")
     lines.append(f"{'piece':<18}{'median s':>10}{'share':>8}")
     for k, v in res["pieces"].items(): lines.append(f"{k:<18}{v:>10.3f}{v / res['median_s']:>8.1%}")
+    if g := res.get("gemm"):
+        lines.append(f"matrix products (one profiled iteration of {g['profiled_s']:.3f} s): {g['gemm_s']:.3f} s, {g['gemm_gflop']:.0f} GFLOP "
+                     f"at {g['gemm_gflops']:.0f} GFLOP/s; this CPU's best fp32 product rate {g['peak_gflops']:.0f} GFLOP/s "
+                     f"-> the products alone need at least {g['floor_s']:.3f} s per iteration")
     return "\n".join(lines)
 
 def parser() -> argparse.ArgumentParser:
@@ -166,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="further config overrides, e.g. loss.head_hidden=1024")
+    p.add_argument("--profile", action="store_true", help="CPU: one more, profiled iteration: time and GFLOP in matrix products, and the floor they set")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     return p
 
@@ -177,9 +220,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     cfg = bench_config(a.arch, a.images, a.global_size, a.local_size, a.n_local, a.window, a.drop_path, a.teacher, a.dtype, parse_overrides(a.set))
     mode = "straightforward" if a.straightforward else "optimised" + (" + compile" if a.compile else "")
     sb = StepBench(cfg, device, a.straightforward, a.impl, a.compile, a.unbatched, a.channels_last, a.seed)
-    info = describe(sb, mode + (", unbatched" if a.unbatched else "") + (", channels-last" if a.channels_last else ""), a.threads if device.type == "cpu" else None)
+    flags = (", unbatched" if a.unbatched else "") + (", channels-last" if a.channels_last else "")
+    info = describe(sb, mode + flags, a.threads if device.type == "cpu" else None)
     print(f"deo bench step: {info['arch']}, {info['images']} images, {info['device']}, mode {info['mode']}", flush=True)
     res = run_bench(sb, a.warmup, a.iters, log=lambda s: print(s, flush=True))
+    if a.profile:
+        g = gemm_profile(sb); g["peak_gflops"] = gemm_peak_gflops()
+        res["gemm"] = {**g, "floor_s": g["gemm_gflop"] / g["peak_gflops"]}
     print(format_report(info, res))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

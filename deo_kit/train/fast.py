@@ -51,7 +51,8 @@ def window_attention(a: ShiftedWindowAttention, # torchvision's module (its weig
         qkv = F.linear(_windows(x, ws), a.qkv.weight, a.qkv.bias)
     nW, N, d = (pH // ws[0]) * (pW // ws[1]), ws[0] * ws[1], C // nh
     qkv = qkv.reshape(B * nW, N, 3, nh, d).permute(2, 0, 3, 1, 4)  # 3 B·nW nh N d
-    q, k, v = qkv[0] * d ** -0.5, qkv[1], qkv[2]
+    q, k, v = qkv.unbind(0)  # unbind: its backward stacks the three grads (indexing would zero-fill three times)
+    q = q * d ** -0.5
     attn = q.matmul(k.transpose(-2, -1)) + a.get_relative_position_bias()  # B·nW nh N N
     if sum(shift):
         mask = _shift_mask(pH, pW, ws, shift, x.device, attn.dtype)
