@@ -11,11 +11,11 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'IDENTITY', 'Param', 'tagged_cells', 'template_parameters', 'SweepSpec', 'sweeps_dir', 'list_sweeps',
-           'load_sweep', 'check_value', 'parse_assignments', 'Point', 'point_id', 'grid_coords', 'expand', 'environ',
-           'kernel_env', 'check_points', 'template_digest', 'sweep_record', 'check_out', 'point_status', 'run_point',
-           'gather', 'summary_table', 'plot_sweep', 'write_results', 'SweepResult', 'plan_sweep', 'run_sweep',
-           'sweep_parser', 'cli_main']
+__all__ = ['SPEC_KEYS', 'IDENTITY', 'KERNEL_START_TRIES', 'Param', 'tagged_cells', 'template_parameters', 'SweepSpec',
+           'sweeps_dir', 'list_sweeps', 'load_sweep', 'check_value', 'parse_assignments', 'Point', 'point_id',
+           'grid_coords', 'expand', 'environ', 'kernel_env', 'check_points', 'template_digest', 'sweep_record',
+           'check_out', 'point_status', 'run_point', 'gather', 'summary_table', 'plot_sweep', 'write_results',
+           'SweepResult', 'plan_sweep', 'run_sweep', 'sweep_parser', 'cli_main']
 
 # %% ../nbs/70_sweep.ipynb #613e6b7b
 @dataclass
@@ -277,16 +277,28 @@ def _error_text(e: BaseException) -> str:
     text = "\n".join(tb) if tb else "".join(traceback.format_exception(e))
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
+KERNEL_START_TRIES = 3  # parallel points start kernels at once; jupyter_client's free-port pick can race
+
+def _kernel_did_not_start(e: BaseException) -> bool:
+    "The kernel died before answering kernel_info: no cell ran, so running the point again is safe."
+    return isinstance(e, RuntimeError) and "before replying to kernel_info" in str(e)  # jupyter_client's message
+
+def _execute(template, run_dir: Path, params: dict, kernel: str | None):
+    import papermill as pm
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        try: return pm.execute_notebook(str(template), str(run_dir / "notebook.ipynb"), parameters=params, kernel_name=kernel,
+                                        progress_bar=False, log_output=False)
+        except Exception as e:
+            if attempt == KERNEL_START_TRIES or not _kernel_did_not_start(e): raise
+
 def run_point(template, run_dir, params: dict, env: dict | None = None, kernel: str | None = None) -> dict:
     "Execute the template for one point with papermill; returns (and writes) its status."
-    import papermill as pm
     run_dir = Path(run_dir).resolve(); run_dir.mkdir(parents=True, exist_ok=True)
     for f in ("status.json", "error.txt", "metrics.json"): (run_dir / f).unlink(missing_ok=True)
     params = {**params, "out_dir": str(run_dir)}
     st, t0 = {"status": "done", "params": params, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, time.perf_counter()
     try:
-        with environ(env or {}):
-            pm.execute_notebook(str(template), str(run_dir / "notebook.ipynb"), parameters=params, kernel_name=kernel, progress_bar=False, log_output=False)
+        with environ(env or {}): _execute(template, run_dir, params, kernel)
         if not (run_dir / "metrics.json").is_file(): raise RuntimeError(f"the template finished but wrote no metrics.json into {run_dir}")
     except Exception as e:
         (run_dir / "error.txt").write_text(_error_text(e))

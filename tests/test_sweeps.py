@@ -146,3 +146,22 @@ def test_bad_template_and_foreign_folders(tmp_path, capsys):
     assert code == 1 and "not a sweep folder" in err
     code, _, err = _cli(capsys, toy)
     assert code == 1 and "--out is required" in err
+
+
+def test_a_kernel_that_does_not_start_is_started_again(tmp_path, monkeypatch):
+    "Parallel points can lose jupyter_client's free-port race; such a point is run again, a notebook error is not."
+    import papermill
+    from deo_kit.sweep import KERNEL_START_TRIES, run_point
+    calls = []
+    def flaky(template, output, parameters, **kw):
+        calls.append(output)
+        if len(calls) < KERNEL_START_TRIES: raise RuntimeError("Kernel died before replying to kernel_info")
+        (Path(parameters["out_dir"]) / "metrics.json").write_text("{}")
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    assert run_point(tmp_path / "t.ipynb", tmp_path / "ok", {})["status"] == "done" and len(calls) == KERNEL_START_TRIES
+    calls.clear()
+    def broken(template, output, parameters, **kw):
+        calls.append(output); raise RuntimeError("the notebook's own error")
+    monkeypatch.setattr(papermill, "execute_notebook", broken)
+    st = run_point(tmp_path / "t.ipynb", tmp_path / "bad", {})
+    assert st["status"] == "failed" and "own error" in st["error"] and len(calls) == 1
