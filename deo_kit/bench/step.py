@@ -216,6 +216,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     "Entry point of `deo bench step`."
     a = parser().parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if a.profile and device.type != "cpu": parser().error(f"--profile counts CPU matrix products; this run is on {device}")
     if device.type == "cpu" and a.threads: torch.set_num_threads(a.threads)
     cfg = bench_config(a.arch, a.images, a.global_size, a.local_size, a.n_local, a.window, a.drop_path, a.teacher, a.dtype, parse_overrides(a.set))
     mode = "straightforward" if a.straightforward else "optimised" + (" + compile" if a.compile else "")

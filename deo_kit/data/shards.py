@@ -208,21 +208,21 @@ def worker_slot(ds: ShardDataset) -> tuple[int, int]:
     return (wid + ds.start_batch) % nw, nw
 
 @torch.no_grad()
-def stream_patches(self: ShardDataset):
+def stream_patches(ds: ShardDataset):
     "One epoch of this rank's and worker's (patch, meta) pairs, shuffled through a buffer; no resume skip."
-    wid, nw = worker_slot(self)
-    shards = self.rank_shards()[wid::nw]
-    rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
+    wid, nw = worker_slot(ds)
+    shards = ds.rank_shards()[wid::nw]
+    rng = np.random.default_rng([ds.seed, ds.epoch, ds.rank, wid])
     buf = []
     def out(x, meta):
         x = torch.from_numpy(x.astype("float32", copy=False))
-        return (x if self._sel is None else x[self._sel]), meta
+        return (x if ds._sel is None else x[ds._sel]), meta
     def stream():
-        for name in shards: yield from _read_shard(self.root / name)
+        for name in shards: yield from _read_shard(ds.root / name)
     for item in stream():
-        if not self.shuffle: yield out(*item); continue
+        if not ds.shuffle: yield out(*item); continue
         buf.append(item)
-        if len(buf) >= self.buffer: yield out(*buf.pop(int(rng.integers(len(buf)))))
+        if len(buf) >= ds.buffer: yield out(*buf.pop(int(rng.integers(len(buf)))))
     while buf: yield out(*buf.pop(int(rng.integers(len(buf)))))
 
 def _iter_skip(self: ShardDataset):
