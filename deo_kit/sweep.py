@@ -279,9 +279,16 @@ def _error_text(e: BaseException) -> str:
 
 KERNEL_START_TRIES = 3  # parallel points start kernels at once; jupyter_client's free-port pick can race
 
-def _kernel_did_not_start(e: BaseException) -> bool:
-    "The kernel died before answering kernel_info: no cell ran, so running the point again is safe."
-    return isinstance(e, RuntimeError) and "before replying to kernel_info" in str(e)  # jupyter_client's message
+def _no_cell_started(nb_path: Path) -> bool:
+    "papermill's output notebook records no cell start: the kernel never ran a line of the template."
+    try: cells = json.loads(Path(nb_path).read_text())["cells"]
+    except (OSError, ValueError, KeyError): return False  # no record: assume a cell may have run
+    return not any(c.get("metadata", {}).get("papermill", {}).get("start_time") for c in cells)
+
+def _kernel_did_not_start(e: BaseException, nb_path: Path) -> bool:
+    "Failed outside the notebook's cells (e.g. the kernel died before kernel_info), so running the point again is safe."
+    from papermill.exceptions import PapermillExecutionError
+    return not isinstance(e, PapermillExecutionError) and _no_cell_started(nb_path)
 
 def _execute(template, run_dir: Path, params: dict, kernel: str | None):
     import papermill as pm
@@ -289,7 +296,7 @@ def _execute(template, run_dir: Path, params: dict, kernel: str | None):
         try: return pm.execute_notebook(str(template), str(run_dir / "notebook.ipynb"), parameters=params, kernel_name=kernel,
                                         progress_bar=False, log_output=False)
         except Exception as e:
-            if attempt == KERNEL_START_TRIES or not _kernel_did_not_start(e): raise
+            if attempt == KERNEL_START_TRIES or not _kernel_did_not_start(e, run_dir / "notebook.ipynb"): raise
 
 def run_point(template, run_dir, params: dict, env: dict | None = None, kernel: str | None = None) -> dict:
     "Execute the template for one point with papermill; returns (and writes) its status."

@@ -148,20 +148,29 @@ def test_bad_template_and_foreign_folders(tmp_path, capsys):
     assert code == 1 and "--out is required" in err
 
 
+def _papermill_record(output, *started):
+    "Write the output notebook as papermill leaves it: a cell start time for each cell that began."
+    cells = [{"cell_type": "code", "metadata": {"papermill": {"start_time": s}}} for s in started]
+    Path(output).write_text(json.dumps({"cells": cells}))
+
+
 def test_a_kernel_that_does_not_start_is_started_again(tmp_path, monkeypatch):
-    "Parallel points can lose jupyter_client's free-port race; such a point is run again, a notebook error is not."
+    "Parallel points can lose jupyter_client's free-port race; such a point is run again, one whose cells began is not."
     import papermill
+    from papermill.exceptions import PapermillExecutionError
     from deo_kit.sweep import KERNEL_START_TRIES, run_point
     calls = []
     def flaky(template, output, parameters, **kw):
-        calls.append(output)
+        calls.append(output); _papermill_record(output, None, None)
         if len(calls) < KERNEL_START_TRIES: raise RuntimeError("Kernel died before replying to kernel_info")
         (Path(parameters["out_dir"]) / "metrics.json").write_text("{}")
     monkeypatch.setattr(papermill, "execute_notebook", flaky)
     assert run_point(tmp_path / "t.ipynb", tmp_path / "ok", {})["status"] == "done" and len(calls) == KERNEL_START_TRIES
-    calls.clear()
-    def broken(template, output, parameters, **kw):
-        calls.append(output); raise RuntimeError("the notebook's own error")
-    monkeypatch.setattr(papermill, "execute_notebook", broken)
-    st = run_point(tmp_path / "t.ipynb", tmp_path / "bad", {})
-    assert st["status"] == "failed" and "own error" in st["error"] and len(calls) == 1
+    for name, started, error in [("died", "2026-11-27T09:00", RuntimeError("Kernel died")),
+                                 ("raised", None, PapermillExecutionError(0, 1, "", "RuntimeError", "the notebook's own error", []))]:
+        calls.clear()
+        def broken(template, output, parameters, **kw):
+            calls.append(output); _papermill_record(output, started, None); raise error
+        monkeypatch.setattr(papermill, "execute_notebook", broken)
+        st = run_point(tmp_path / "t.ipynb", tmp_path / name, {})
+        assert st["status"] == "failed" and len(calls) == 1, (name, st)
