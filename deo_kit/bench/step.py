@@ -4,7 +4,7 @@
 
 # %% ../../nbs/82_bench.step.ipynb #22c6cec2
 from __future__ import annotations
-import argparse, json, resource, statistics, sys, time
+import argparse, json, os, resource, statistics, sys, time
 from pathlib import Path
 import torch
 from ..config import DEOConfig, merge, parse_overrides
@@ -139,6 +139,7 @@ def gemm_profile(sb: StepBench) -> dict:
     "One profiled CPU iteration: seconds and GFLOP in matrix products (and CPU attention kernels) against the whole iteration."
     from torch.profiler import ProfilerActivity, profile
     if sb.device.type != "cpu": raise ValueError(f"gemm_profile measures CPU iterations; this benchmark runs on {sb.device}")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # else kineto logs a false 'gpuGetDeviceCount failed' ERROR on CPU-only hosts
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: wall, *_ = timed_step(sb)
     secs = gflop = 0.0
     for e in prof.key_averages(group_by_input_shape=True):
