@@ -74,6 +74,7 @@ class LossConfig:
     distill_last: float | None = 0.25 # last-stage patch weight (paper 0.5)
     distill_mid: float | None = 0.25  # middle-stage patch weight (paper 0.5)
     distill_ms_cls: float = 0.0       # deo_kit extension: also distil the MS path's global vector to the teacher's CLS
+    spectral_recon: float = 0.0       # deo_kit extension: a linear read-out of the MS path's patch tokens regresses each patch's mean band values
     head_hidden: int = 2048
 
 @dataclass

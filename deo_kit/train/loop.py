@@ -53,7 +53,8 @@ def param_groups(model: DEOModel) -> list[dict]:
     parts = [("student." + n, p) for n, p in model.student.named_parameters()] + \
             [("ms_head." + n, p) for n, p in model.ms_head.named_parameters()] + \
             [("distill_heads." + n, p) for n, p in model.distill_heads.named_parameters()] + \
-            [("ms_distill_head." + n, p) for n, p in (model.ms_distill_head.named_parameters() if model.ms_distill_head is not None else [])]
+            [("ms_distill_head." + n, p) for n, p in (model.ms_distill_head.named_parameters() if model.ms_distill_head is not None else [])] + \
+            [("spectral_head." + n, p) for n, p in (model.spectral_head.named_parameters() if model.spectral_head is not None else [])]
     for n, p in parts:
         if not p.requires_grad: continue
         part = "ms_stem" if ".ms_stem." in n else "rgb_stem" if ".rgb_stem." in n else "trunk" if n.startswith("student.") else "head"
@@ -146,7 +147,7 @@ def load_training_state(ckpt: Path, model: DEOModel, opt, scaler=None) -> int:
 
 # %% ../../nbs/41_train.loop.ipynb #4ad1e7ef
 RESUME_KEYS = ("data.bands", "student", "loss.objective", "loss.out_dim", "loss.head_hidden", "loss.distill_cls",
-               "loss.distill_last", "loss.distill_mid", "loss.distill_ms_cls", "crops.global_size", "teacher.arch", "teacher.layers")
+               "loss.distill_last", "loss.distill_mid", "loss.distill_ms_cls", "loss.spectral_recon", "crops.global_size", "teacher.arch", "teacher.layers")
 
 def _flat(d: dict, prefix="") -> dict:
     out = {}
@@ -249,6 +250,7 @@ def validate_config(cfg: DEOConfig) -> DEOConfig:
     if cfg.optim.batch_size % cfg.optim.accum_steps: raise ValueError(f"optim.batch_size {cfg.optim.batch_size} is not divisible by accum_steps {cfg.optim.accum_steps}")
     if cfg.optim.batch_size < 2 and cfg.loss.objective == "simdino": raise ValueError("the coding-rate term needs optim.batch_size >= 2")
     if cfg.train.steps < 1 or cfg.train.checkpoint_every < 1 or cfg.train.log_every < 1: raise ValueError("train.steps, checkpoint_every and log_every must be >= 1")
+    if cfg.loss.spectral_recon < 0: raise ValueError(f"loss.spectral_recon is a loss weight and must be >= 0, got {cfg.loss.spectral_recon}")
     if cfg.train.knn_every < 1: raise ValueError(f"train.knn_every must be >= 1, got {cfg.train.knn_every}")
     if cfg.data.max_cloud is not None and not 0 <= cfg.data.max_cloud <= 1: raise ValueError(f"data.max_cloud must be in [0, 1], got {cfg.data.max_cloud}")
     if cfg.optim.ms_stem_train not in ("all", "new_bands"): raise ValueError(f"optim.ms_stem_train must be 'all' or 'new_bands', got {cfg.optim.ms_stem_train!r}")

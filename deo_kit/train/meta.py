@@ -21,7 +21,8 @@ from ..models.teachers import OpticalTeacher, build_teacher_model, detect_arch, 
 from .fast import use_fast_paths
 
 # %% auto #0
-__all__ = ['random_teacher', 'build_optical_teacher', 'DEOModel', 'run_student', 'StepTimer', 'deo_step_losses']
+__all__ = ['random_teacher', 'build_optical_teacher', 'DEOModel', 'run_student', 'StepTimer', 'spectral_recon_loss',
+           'deo_step_losses']
 
 # %% ../../nbs/40_train.meta.ipynb #ed24e1f1
 def random_teacher(name: str # timm DINOv2/DINOv3 model name, e.g. 'vit_base_patch16_dinov3'
@@ -59,6 +60,8 @@ class DEOModel(nn.Module):
         self.distill_heads = nn.ModuleDict({k: DistillHead(dims[k], D, l.head_hidden) for k in active})
         # deo_kit extension: the MS path's global vector distilled towards the teacher's CLS too (own head)
         self.ms_distill_head = DistillHead(self.student.global_dim, D, l.head_hidden) if l.distill_ms_cls else None
+        # deo_kit extension: a linear read-out of the MS path's last-stage patch tokens, asked for each patch's mean bands
+        self.spectral_head = nn.Linear(self.student.last_dim, len(self.bands)) if l.spectral_recon else None
         self.dino_loss = DINOLoss(l.out_dim, l.student_temp, l.center_momentum, l.centering, l.impl) if l.objective == "dino" else None
         self.ema = make_ema_teacher(self.student, self.ms_head)
         self._teacher = [teacher]  # a list keeps it out of state_dict, parameters() and DDP
@@ -121,6 +124,16 @@ def _per_view(head, views: list[torch.Tensor]) -> list[torch.Tensor]:
     "A row-wise head on all views in one call (same rows as one call per view), split back into views."
     return list(head(torch.cat(views)).chunk(len(views))) if views else []
 
+def spectral_recon_loss(head: nn.Linear, maps: list[torch.Tensor], # per view: `B D h w` last-stage patch tokens
+                        crops: list[torch.Tensor] # the same views' normalised input, `B C s s`
+                       ) -> torch.Tensor:
+    "Mean squared error of `head` read off every patch token against that patch's mean normalised value in each band."
+    errs = []
+    for z, x in zip(maps, crops):
+        target = F.adaptive_avg_pool2d(x.float(), z.shape[-2:])  # each token's footprint: B C h w
+        errs.append(F.mse_loss(head(z.float().movedim(1, -1)).movedim(-1, 1), target))
+    return torch.stack(errs).mean()
+
 def _ms_objective(model: DEOModel, student_ms, teacher_ms, teacher_temp):
     "MS self-distillation: SimDINO (cosine + coding rate) or DINO (prototypes + centring)."
     l, T = model.cfg.loss, len(teacher_ms)
@@ -145,7 +158,8 @@ def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s
         with tm("ema_teacher"): t_ms = model.ema(torch.cat(crops[:T])).chunk(T)  # T × B p
         with tm("optical_teacher"): opt = model.teacher(_teacher_rgb(model, teacher_rgb)) if h or model.ms_distill_head is not None else None
     with tm("student"):
-        s_glob, _, _ = run_student(model.student, crops, "ms", batch=model.batch_crops)
+        recon = T if model.spectral_head is not None else 0  # patch maps of the global crops, for the read-out
+        s_glob, _, s_last = run_student(model.student, crops, "ms", recon, batch=model.batch_crops)
         s_ms = _per_view(model.ms_head, s_glob)
         if h:  # the RGB path runs only for the optical terms; patch maps only of the global crops
             need = T if ("last" in h or "mid" in h) else 0
@@ -163,6 +177,10 @@ def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s
             sim = cross_view_cosine(_per_view(model.ms_distill_head, s_glob), list(opt.cls.chunk(T)))
             total = total - model.cfg.loss.distill_ms_cls * sim
             parts["distill_ms_cls_cos"] = sim.detach()
+        if recon:
+            mse = spectral_recon_loss(model.spectral_head, s_last, crops[:T])
+            total = total + model.cfg.loss.spectral_recon * mse
+            parts["spectral_recon_mse"] = mse.detach()
         with torch.no_grad(): parts["embed_std"] = F.normalize(torch.cat(s_ms).float(), dim=-1).std(0).mean()
         parts["total"] = total.detach()
     return total, parts
