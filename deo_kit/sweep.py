@@ -301,7 +301,7 @@ def _execute(template, run_dir: Path, params: dict, kernel: str | None):
 def run_point(template, run_dir, params: dict, env: dict | None = None, kernel: str | None = None) -> dict:
     "Execute the template for one point with papermill; returns (and writes) its status."
     run_dir = Path(run_dir).resolve(); run_dir.mkdir(parents=True, exist_ok=True)
-    for f in ("status.json", "error.txt", "metrics.json"): (run_dir / f).unlink(missing_ok=True)
+    for f in ("status.json", "error.txt", "metrics.json", "notebook.ipynb"): (run_dir / f).unlink(missing_ok=True)  # no stale record
     params = {**params, "out_dir": str(run_dir)}
     st, t0 = {"status": "done", "params": params, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, time.perf_counter()
     try:
