@@ -208,7 +208,7 @@ def expand(spec: SweepSpec) -> list[Point]:
 # %% ../nbs/70_sweep.ipynb #d4d88bfa
 @contextmanager
 def environ(env: dict):
-    "Set environment variables for the duration (the kernels inherit them)."
+    "Set environment variables for the duration, then restore them (the kernels inherit them; the step benchmark uses it too)."
     old = {k: os.environ.get(k) for k in env}
     os.environ.update({k: str(v) for k, v in env.items()})
     try: yield
@@ -292,11 +292,12 @@ def _kernel_did_not_start(e: BaseException, nb_path: Path) -> bool:
 
 def _execute(template, run_dir: Path, params: dict, kernel: str | None):
     import papermill as pm
+    record = run_dir / "notebook.ipynb"  # the executed notebook: papermill's record of which cells began
     for attempt in range(1, KERNEL_START_TRIES + 1):
-        try: return pm.execute_notebook(str(template), str(run_dir / "notebook.ipynb"), parameters=params, kernel_name=kernel,
+        try: return pm.execute_notebook(str(template), str(record), parameters=params, kernel_name=kernel,
                                         progress_bar=False, log_output=False)
         except Exception as e:
-            if attempt == KERNEL_START_TRIES or not _kernel_did_not_start(e, run_dir / "notebook.ipynb"): raise
+            if attempt == KERNEL_START_TRIES or not _kernel_did_not_start(e, record): raise
 
 def run_point(template, run_dir, params: dict, env: dict | None = None, kernel: str | None = None) -> dict:
     "Execute the template for one point with papermill; returns (and writes) its status."

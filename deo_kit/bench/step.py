@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from ..config import DEOConfig, merge, parse_overrides
 from ..core import seed_everything
+from ..sweep import environ  # stdlib and yaml only: no cost
 from ..data.bands import get_band_set
 from ..data.crops import Crops
 from ..train.loop import _autocast, apply_schedule, param_groups, schedules, train_step, validate_config
@@ -139,8 +140,8 @@ def gemm_profile(sb: StepBench) -> dict:
     "One profiled CPU iteration: seconds and GFLOP in matrix products (and CPU attention kernels) against the whole iteration."
     from torch.profiler import ProfilerActivity, profile
     if sb.device.type != "cpu": raise ValueError(f"gemm_profile measures CPU iterations; this benchmark runs on {sb.device}")
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # else kineto logs a false 'gpuGetDeviceCount failed' ERROR on CPU-only hosts
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: wall, *_ = timed_step(sb)
+    quiet = {"KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "5")}  # else a false 'gpuGetDeviceCount failed' ERROR on CPU-only hosts
+    with environ(quiet), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: wall, *_ = timed_step(sb)
     secs = gflop = 0.0
     for e in prof.key_averages(group_by_input_shape=True):
         if e.key not in GEMM_OPS: continue
