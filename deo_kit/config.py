@@ -75,6 +75,9 @@ class LossConfig:
     distill_mid: float | None = 0.25  # middle-stage patch weight (paper 0.5)
     distill_ms_cls: float = 0.0       # deo_kit extension: also distil the MS path's global vector to the teacher's CLS
     spectral_recon: float = 0.0       # deo_kit extension: a linear read-out of the MS path's patch tokens regresses each patch's mean band values
+    spectral_targets: str = "mean"    # per token and band, the read-out regresses the 'mean' or the 'mean+std' of the pixels under it
+    rgb_anchor: float = 0.0           # deo_kit extension: 1 − cos between the MS path's global vector and the RGB path's (held), global crops
+    self_distill: float = 1.0         # weight of the MS self-distillation term (0 skips it, the EMA teacher's forward and the local crops)
     head_hidden: int = 2048
 
 @dataclass

@@ -147,7 +147,7 @@ def load_training_state(ckpt: Path, model: DEOModel, opt, scaler=None) -> int:
 
 # %% ../../nbs/41_train.loop.ipynb #4ad1e7ef
 RESUME_KEYS = ("data.bands", "student", "loss.objective", "loss.out_dim", "loss.head_hidden", "loss.distill_cls",
-               "loss.distill_last", "loss.distill_mid", "loss.distill_ms_cls", "loss.spectral_recon", "crops.global_size", "teacher.arch", "teacher.layers")
+               "loss.distill_last", "loss.distill_mid", "loss.distill_ms_cls", "loss.spectral_recon", "loss.self_distill", "loss.rgb_anchor", "loss.spectral_targets", "crops.global_size", "teacher.arch", "teacher.layers")
 
 def _flat(d: dict, prefix="") -> dict:
     out = {}
@@ -159,6 +159,7 @@ def _flat(d: dict, prefix="") -> dict:
 def config_differences(saved: dict, current: DEOConfig) -> list[str]:
     "Model-defining settings that differ between a checkpoint's config and `current`."
     a, b = _flat(saved), _flat(to_dict(current))
+    a = {**_flat(to_dict(DEOConfig())), **a}  # a key the checkpoint's version lacked had the neutral default then
     keys = [k for k in b if any(k == r or k.startswith(r + ".") for r in RESUME_KEYS)]
     return [f"{k}: checkpoint {a.get(k)!r} vs now {b[k]!r}" for k in keys if a.get(k) != b[k]]
 
@@ -250,9 +251,14 @@ def validate_config(cfg: DEOConfig) -> DEOConfig:
     if cfg.optim.batch_size % cfg.optim.accum_steps: raise ValueError(f"optim.batch_size {cfg.optim.batch_size} is not divisible by accum_steps {cfg.optim.accum_steps}")
     if cfg.optim.batch_size < 2 and cfg.loss.objective == "simdino": raise ValueError("the coding-rate term needs optim.batch_size >= 2")
     if cfg.train.steps < 1 or cfg.train.checkpoint_every < 1 or cfg.train.log_every < 1: raise ValueError("train.steps, checkpoint_every and log_every must be >= 1")
-    if cfg.loss.spectral_recon < 0: raise ValueError(f"loss.spectral_recon is a loss weight and must be >= 0, got {cfg.loss.spectral_recon}")
+    for k in ("spectral_recon", "self_distill", "rgb_anchor"):
+        if getattr(cfg.loss, k) < 0: raise ValueError(f"loss.{k} is a loss weight and must be >= 0, got {getattr(cfg.loss, k)}")
+    l = cfg.loss
+    if not l.self_distill and not any((l.distill_cls, l.distill_last, l.distill_mid, l.distill_ms_cls, l.spectral_recon, l.rgb_anchor)):
+        raise ValueError("loss.self_distill is 0 and no other term is on (distill_*, distill_ms_cls, spectral_recon, rgb_anchor): nothing would train")
     if cfg.train.knn_every < 1: raise ValueError(f"train.knn_every must be >= 1, got {cfg.train.knn_every}")
     if cfg.data.max_cloud is not None and not 0 <= cfg.data.max_cloud <= 1: raise ValueError(f"data.max_cloud must be in [0, 1], got {cfg.data.max_cloud}")
+    if cfg.loss.spectral_targets not in ("mean", "mean+std"): raise ValueError(f"loss.spectral_targets must be 'mean' or 'mean+std', got {cfg.loss.spectral_targets!r}")
     if cfg.optim.ms_stem_train not in ("all", "new_bands"): raise ValueError(f"optim.ms_stem_train must be 'all' or 'new_bands', got {cfg.optim.ms_stem_train!r}")
     if cfg.data.cloud_mode not in FILTER_MODES: raise ValueError(f"data.cloud_mode must be one of {FILTER_MODES}, got {cfg.data.cloud_mode!r}")
     return cfg
@@ -339,7 +345,7 @@ def pretrain(cfg: DEOConfig, # the resolved configuration
     model, opt, scaler, autocast, start = _prepare(cfg, resume, device)
     if cfg.train.compile: model.student.compile()
     loader = build_loader(cfg, None, start, rank, world, model.student.patch_size)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not model.distill_heads, broadcast_buffers=False) if world > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not (model.distill_heads and cfg.loss.self_distill), broadcast_buffers=False) if world > 1 else model
     is_main = rank == 0
     if is_main: out.mkdir(parents=True, exist_ok=True); save_config(cfg, out / "config.yaml")
     monitor = _knn_monitor(cfg) if is_main else None

@@ -21,8 +21,8 @@ from ..models.teachers import OpticalTeacher, build_teacher_model, detect_arch, 
 from .fast import use_fast_paths
 
 # %% auto #0
-__all__ = ['random_teacher', 'build_optical_teacher', 'DEOModel', 'run_student', 'StepTimer', 'spectral_recon_loss',
-           'deo_step_losses']
+__all__ = ['random_teacher', 'build_optical_teacher', 'DEOModel', 'run_student', 'StepTimer', 'spectral_targets',
+           'spectral_recon_loss', 'deo_step_losses']
 
 # %% ../../nbs/40_train.meta.ipynb #ed24e1f1
 def random_teacher(name: str # timm DINOv2/DINOv3 model name, e.g. 'vit_base_patch16_dinov3'
@@ -61,7 +61,8 @@ class DEOModel(nn.Module):
         # deo_kit extension: the MS path's global vector distilled towards the teacher's CLS too (own head)
         self.ms_distill_head = DistillHead(self.student.global_dim, D, l.head_hidden) if l.distill_ms_cls else None
         # deo_kit extension: a linear read-out of the MS path's last-stage patch tokens, asked for each patch's mean bands
-        self.spectral_head = nn.Linear(self.student.last_dim, len(self.bands)) if l.spectral_recon else None
+        n_stats = 2 if l.spectral_targets == "mean+std" else 1
+        self.spectral_head = _zero_linear(self.student.last_dim, n_stats * len(self.bands)) if l.spectral_recon else None
         self.dino_loss = DINOLoss(l.out_dim, l.student_temp, l.center_momentum, l.centering, l.impl) if l.objective == "dino" else None
         self.ema = make_ema_teacher(self.student, self.ms_head)
         self._teacher = [teacher]  # a list keeps it out of state_dict, parameters() and DDP
@@ -71,6 +72,12 @@ class DEOModel(nn.Module):
 
     @property
     def teacher(self) -> OpticalTeacher: return self._teacher[0]
+
+def _zero_linear(d_in, d_out):
+    "A linear layer starting at zero, so no random initial read-out steers what flows back through it."
+    lin = nn.Linear(d_in, d_out)
+    nn.init.zeros_(lin.weight); nn.init.zeros_(lin.bias)
+    return lin
 
 def _ms_head(l, dim):
     if l.objective == "simdino": return SimDINOHead(dim, l.out_dim, l.head_hidden)
@@ -124,15 +131,30 @@ def _per_view(head, views: list[torch.Tensor]) -> list[torch.Tensor]:
     "A row-wise head on all views in one call (same rows as one call per view), split back into views."
     return list(head(torch.cat(views)).chunk(len(views))) if views else []
 
+def spectral_targets(x: torch.Tensor, # normalised input `B C s s`
+                     grid: tuple[int, int], # the token grid (h, w); s must be a multiple of each
+                     with_std: bool = False # also each band's pixel std under the token
+                    ) -> torch.Tensor: # `B C h w`, or `B 2C h w` (means, then stds)
+    "Per token and band, the mean (and std) of the normalised pixels under it."
+    mean = F.adaptive_avg_pool2d(x.float(), grid)
+    if not with_std: return mean
+    return torch.cat([mean, (F.adaptive_avg_pool2d(x.float() ** 2, grid) - mean ** 2).clamp_min(0).sqrt()], 1)
+
 def spectral_recon_loss(head: nn.Linear, maps: list[torch.Tensor], # per view: `B D h w` last-stage patch tokens
-                        crops: list[torch.Tensor] # the same views' normalised input, `B C s s`
+                        crops: list[torch.Tensor], # the same views' normalised input, `B C s s`
+                        with_std: bool = False # the targets include each band's pixel std under the token
                        ) -> torch.Tensor:
-    "Mean squared error of `head` read off every patch token against that patch's mean normalised value in each band."
+    "Mean squared error of `head` read off every patch token against that patch's `spectral_targets`."
     errs = []
     for z, x in zip(maps, crops):
-        target = F.adaptive_avg_pool2d(x.float(), z.shape[-2:])  # each token's footprint: B C h w
+        target = spectral_targets(x, z.shape[-2:], with_std)
         errs.append(F.mse_loss(head(z.float().movedim(1, -1)).movedim(-1, 1), target))
     return torch.stack(errs).mean()
+
+@torch.no_grad()
+def _rgb_anchor(model: DEOModel, global_crops: list[torch.Tensor]) -> list[torch.Tensor]:
+    "The RGB path's global vectors of the global crops, held: what `loss.rgb_anchor` keeps the MS path near."
+    return run_student(model.student, [c[:, model.rgb_idx] for c in global_crops], "rgb", 0, model.batch_crops)[0]
 
 def _ms_objective(model: DEOModel, student_ms, teacher_ms, teacher_temp):
     "MS self-distillation: SimDINO (cosine + coding rate) or DINO (prototypes + centring)."
@@ -153,21 +175,26 @@ def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s
                     timer=None # optional `StepTimer` (pieces: ema_teacher, optical_teacher, student, losses)
                    ) -> tuple[torch.Tensor, dict]:
     "Total loss and its terms (detached scalars) for one batch of crops."
-    T, tm, h = len(teacher_rgb), timer or _no_timer, model.distill_heads
+    T, tm, h, sd = len(teacher_rgb), timer or _no_timer, model.distill_heads, model.cfg.loss.self_distill
     with torch.no_grad():
-        with tm("ema_teacher"): t_ms = model.ema(torch.cat(crops[:T])).chunk(T)  # T × B p
+        with tm("ema_teacher"): t_ms = model.ema(torch.cat(crops[:T])).chunk(T) if sd else None  # T × B p
         with tm("optical_teacher"): opt = model.teacher(_teacher_rgb(model, teacher_rgb)) if h or model.ms_distill_head is not None else None
     with tm("student"):
         recon = T if model.spectral_head is not None else 0  # patch maps of the global crops, for the read-out
-        s_glob, _, s_last = run_student(model.student, crops, "ms", recon, batch=model.batch_crops)
-        s_ms = _per_view(model.ms_head, s_glob)
+        ms_views = crops if sd else crops[:T]  # without self-distillation no MS term reads the local crops
+        s_glob, _, s_last = run_student(model.student, ms_views, "ms", recon, batch=model.batch_crops)
+        s_ms = _per_view(model.ms_head, s_glob) if sd else None
+        anchor = _rgb_anchor(model, crops[:T]) if model.cfg.loss.rgb_anchor else None
         if h:  # the RGB path runs only for the optical terms; patch maps only of the global crops
             need = T if ("last" in h or "mid" in h) else 0
             r_glob, r_mid, r_last = run_student(model.student, [c[:, model.rgb_idx] for c in crops], "rgb", need, model.batch_crops)
             d_in = tuple(_per_view(h[k], xs) if k in h else None for k, xs in (("cls", r_glob), ("last", r_last), ("mid", r_mid)))
     with tm("losses"):
-        ms_loss, parts = _ms_objective(model, s_ms, list(t_ms), teacher_temp or model.cfg.loss.teacher_temp)
-        total, parts = ms_loss, {"ms": ms_loss.detach(), **parts}
+        total, parts = s_glob[0].new_zeros(()), {}
+        if sd:
+            ms_loss, parts = _ms_objective(model, s_ms, list(t_ms), teacher_temp or model.cfg.loss.teacher_temp)
+            total, parts = sd * ms_loss, {"ms": ms_loss.detach(), **parts}
+            with torch.no_grad(): parts["embed_std"] = F.normalize(torch.cat(s_ms).float(), dim=-1).std(0).mean()
         if h:
             d_loss, sims = distill_loss(d_in[0], list(opt.cls.chunk(T)), d_in[1], list(opt.last.chunk(T)),
                                         d_in[2], list(opt.mid.chunk(T)), model.weights)
@@ -178,10 +205,13 @@ def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s
             total = total - model.cfg.loss.distill_ms_cls * sim
             parts["distill_ms_cls_cos"] = sim.detach()
         if recon:
-            mse = spectral_recon_loss(model.spectral_head, s_last, crops[:T])
+            mse = spectral_recon_loss(model.spectral_head, s_last, crops[:T], model.cfg.loss.spectral_targets == "mean+std")
             total = total + model.cfg.loss.spectral_recon * mse
             parts["spectral_recon_mse"] = mse.detach()
-        with torch.no_grad(): parts["embed_std"] = F.normalize(torch.cat(s_ms).float(), dim=-1).std(0).mean()
+        if anchor is not None:
+            cos = torch.stack([F.cosine_similarity(s.float(), a.float(), dim=-1).mean() for s, a in zip(s_glob, anchor)]).mean()
+            total = total + model.cfg.loss.rgb_anchor * (1 - cos)
+            parts["rgb_anchor_cos"] = cos.detach()
         parts["total"] = total.detach()
     return total, parts
 
