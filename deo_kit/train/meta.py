@@ -156,6 +156,20 @@ def _rgb_anchor(model: DEOModel, global_crops: list[torch.Tensor]) -> list[torch
     "The RGB path's global vectors of the global crops, held: what `loss.rgb_anchor` keeps the MS path near."
     return run_student(model.student, [c[:, model.rgb_idx] for c in global_crops], "rgb", 0, model.batch_crops)[0]
 
+def _extension_terms(model: DEOModel, total, parts: dict, s_glob, s_last, global_crops, opt, anchor):
+    "`total` plus deo_kit's extension terms that are on (MS CLS distillation, spectral read-out, RGB anchor); logs each in `parts`."
+    l, T = model.cfg.loss, len(global_crops)
+    if model.ms_distill_head is not None:
+        sim = cross_view_cosine(_per_view(model.ms_distill_head, s_glob), list(opt.cls.chunk(T)))
+        total, parts["distill_ms_cls_cos"] = total - l.distill_ms_cls * sim, sim.detach()
+    if model.spectral_head is not None:
+        mse = spectral_recon_loss(model.spectral_head, s_last, global_crops, l.spectral_targets == "mean+std")
+        total, parts["spectral_recon_mse"] = total + l.spectral_recon * mse, mse.detach()
+    if anchor is not None:
+        cos = torch.stack([F.cosine_similarity(s.float(), a.float(), dim=-1).mean() for s, a in zip(s_glob, anchor)]).mean()
+        total, parts["rgb_anchor_cos"] = total + l.rgb_anchor * (1 - cos), cos.detach()
+    return total
+
 def _ms_objective(model: DEOModel, student_ms, teacher_ms, teacher_temp):
     "MS self-distillation: SimDINO (cosine + coding rate) or DINO (prototypes + centring)."
     l, T = model.cfg.loss, len(teacher_ms)
@@ -200,18 +214,7 @@ def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s
                                         d_in[2], list(opt.mid.chunk(T)), model.weights)
             total = total + d_loss
             parts.update({"distill": d_loss.detach(), **{f"distill_{k}_cos": v for k, v in sims.items()}})
-        if model.ms_distill_head is not None:
-            sim = cross_view_cosine(_per_view(model.ms_distill_head, s_glob), list(opt.cls.chunk(T)))
-            total = total - model.cfg.loss.distill_ms_cls * sim
-            parts["distill_ms_cls_cos"] = sim.detach()
-        if recon:
-            mse = spectral_recon_loss(model.spectral_head, s_last, crops[:T], model.cfg.loss.spectral_targets == "mean+std")
-            total = total + model.cfg.loss.spectral_recon * mse
-            parts["spectral_recon_mse"] = mse.detach()
-        if anchor is not None:
-            cos = torch.stack([F.cosine_similarity(s.float(), a.float(), dim=-1).mean() for s, a in zip(s_glob, anchor)]).mean()
-            total = total + model.cfg.loss.rgb_anchor * (1 - cos)
-            parts["rgb_anchor_cos"] = cos.detach()
+        total = _extension_terms(model, total, parts, s_glob, s_last, crops[:T], opt, anchor)
         parts["total"] = total.detach()
     return total, parts
 
