@@ -85,23 +85,29 @@ def test_resume_of_another_band_set_is_refused(capsys, tmp_path, tiny_yaml):
     assert code == 1 and "data.bands: checkpoint 's2-10-deo' vs now 's2-13'" in out.err
 
 
-def _losses(run_dir):
+def _losses(run_dir, columns):
     rows = list(csv.DictReader(open(Path(run_dir) / "metrics.csv")))
-    return [[float(r[k]) for k in ("total", "ms", "ms_compression", "ms_expansion", "distill")] for r in rows]
+    return [[float(r[k]) for k in columns] for r in rows]
 
 
-def test_ddp_two_gloo_processes_match_one_process(tmp_path, tiny_yaml):
+# the default objective, and the extension terms with self-distillation off: the MS head gets no gradient, so DDP must know
+SPECTRAL = ["loss.self_distill=0", "loss.spectral_recon=1", "loss.rgb_anchor=1", "optim.ms_stem_train=new_bands"]
+@pytest.mark.parametrize("sets, columns", [
+    ([], ("total", "ms", "ms_compression", "ms_expansion", "distill")),
+    (SPECTRAL, ("total", "distill", "spectral_recon_mse", "rgb_anchor_cos"))], ids=["default", "spectral"])
+def test_ddp_two_gloo_processes_match_one_process(tmp_path, tiny_yaml, sets, columns):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"}
     deo = [sys.executable, "-c", "import sys; from deo_kit.cli import main; sys.exit(main())"]
-    one = subprocess.run([*deo, "pretrain", "--config", str(tiny_yaml), "--out", str(tmp_path / "one"), "--no-progress"],
+    one = subprocess.run([*deo, "pretrain", "--config", str(tiny_yaml), "--out", str(tmp_path / "one"), "--no-progress",
+                          *[a for kv in sets for a in ("--set", kv)]],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     script = tmp_path / "deo_entry.py"
     script.write_text("import sys\nfrom deo_kit.cli import main\nsys.exit(main())\n")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                           "pretrain", "--config", str(tiny_yaml), "--set", "optim.batch_size=2", "--out", str(tmp_path / "two"),
-                          "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+                          "--no-progress", *[a for kv in sets for a in ("--set", kv)]], env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = torch.tensor(_losses(tmp_path / "one")), torch.tensor(_losses(tmp_path / "two"))
-    assert a.shape == b.shape == (3, 5)
+    a, b = torch.tensor(_losses(tmp_path / "one", columns)), torch.tensor(_losses(tmp_path / "two", columns))
+    assert a.shape == b.shape == (3, len(columns))
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # same global batch, gradients averaged, covariance all-reduced

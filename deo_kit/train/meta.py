@@ -198,11 +198,12 @@ def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s
         ms_views = crops if sd else crops[:T]  # without self-distillation no MS term reads the local crops
         s_glob, _, s_last = run_student(model.student, ms_views, "ms", recon, batch=model.batch_crops)
         s_ms = _per_view(model.ms_head, s_glob) if sd else None
-        anchor = _rgb_anchor(model, crops[:T]) if model.cfg.loss.rgb_anchor else None
+        anchor = _rgb_anchor(model, crops[:T]) if model.cfg.loss.rgb_anchor and not h else None
         if h:  # the RGB path runs only for the optical terms; patch maps only of the global crops
             need = T if ("last" in h or "mid" in h) else 0
             r_glob, r_mid, r_last = run_student(model.student, [c[:, model.rgb_idx] for c in crops], "rgb", need, model.batch_crops)
             d_in = tuple(_per_view(h[k], xs) if k in h else None for k, xs in (("cls", r_glob), ("last", r_last), ("mid", r_mid)))
+            if model.cfg.loss.rgb_anchor: anchor = [g.detach() for g in r_glob[:T]]  # the same vectors, without a second pass
     with tm("losses"):
         total, parts = s_glob[0].new_zeros(()), {}
         if sd:
