@@ -8,6 +8,7 @@ from pathlib import Path
 import torch, yaml
 from safetensors.torch import load_file, save_file
 from deo_kit.data.bands import get_band_set, rgb_indices
+from deo_kit.train.loop import latest_checkpoint
 
 
 def randomise_new_bands(state: dict, rgb_idx: list[int], seed: int) -> dict:
@@ -27,8 +28,8 @@ def main():
     p.add_argument("--out", type=Path, required=True, help="the control run folder to write")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    step = (a.run / "checkpoints" / "latest").read_text().strip()
-    src, dst = a.run / "checkpoints" / step, a.out / "checkpoints" / step
+    src = latest_checkpoint(a.run)
+    dst = a.out / "checkpoints" / src.name
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy(a.run / "config.yaml", a.out / "config.yaml")
     shutil.copy(a.run / "checkpoints" / "latest", a.out / "checkpoints" / "latest")

@@ -61,8 +61,8 @@ class DEOModel(nn.Module):
         # deo_kit extension: the MS path's global vector distilled towards the teacher's CLS too (own head)
         self.ms_distill_head = DistillHead(self.student.global_dim, D, l.head_hidden) if l.distill_ms_cls else None
         # deo_kit extension: a linear read-out of the MS path's last-stage patch tokens, asked for each patch's mean bands
-        n_stats = 2 if l.spectral_targets == "mean+std" else 1
-        self.spectral_head = _zero_linear(self.student.last_dim, n_stats * len(self.bands)) if l.spectral_recon else None
+        self.spectral_with_std = l.spectral_targets == "mean+std"
+        self.spectral_head = _zero_linear(self.student.last_dim, (1 + self.spectral_with_std) * len(self.bands)) if l.spectral_recon else None
         self.dino_loss = DINOLoss(l.out_dim, l.student_temp, l.center_momentum, l.centering, l.impl) if l.objective == "dino" else None
         self.ema = make_ema_teacher(self.student, self.ms_head)
         self._teacher = [teacher]  # a list keeps it out of state_dict, parameters() and DDP
@@ -163,7 +163,7 @@ def _extension_terms(model: DEOModel, total, parts: dict, s_glob, s_last, global
         sim = cross_view_cosine(_per_view(model.ms_distill_head, s_glob), list(opt.cls.chunk(T)))
         total, parts["distill_ms_cls_cos"] = total - l.distill_ms_cls * sim, sim.detach()
     if model.spectral_head is not None:
-        mse = spectral_recon_loss(model.spectral_head, s_last, global_crops, l.spectral_targets == "mean+std")
+        mse = spectral_recon_loss(model.spectral_head, s_last, global_crops, model.spectral_with_std)
         total, parts["spectral_recon_mse"] = total + l.spectral_recon * mse, mse.detach()
     if anchor is not None:
         cos = torch.stack([F.cosine_similarity(s.float(), a.float(), dim=-1).mean() for s, a in zip(s_glob, anchor)]).mean()
@@ -195,7 +195,7 @@ def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s
         with tm("optical_teacher"): opt = model.teacher(_teacher_rgb(model, teacher_rgb)) if h or model.ms_distill_head is not None else None
     with tm("student"):
         recon = T if model.spectral_head is not None else 0  # patch maps of the global crops, for the read-out
-        ms_views = crops if sd else crops[:T]  # without self-distillation no MS term reads the local crops
+        ms_views = crops if sd or model.ms_distill_head is not None else crops[:T]  # only these two MS terms read the local crops
         s_glob, _, s_last = run_student(model.student, ms_views, "ms", recon, batch=model.batch_crops)
         s_ms = _per_view(model.ms_head, s_glob) if sd else None
         anchor = _rgb_anchor(model, crops[:T]) if model.cfg.loss.rgb_anchor and not h else None
