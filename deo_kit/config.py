@@ -4,122 +4,279 @@
 
 # %% ../nbs/01_config.ipynb #348867cb
 from __future__ import annotations
-import dataclasses, typing
+import copy, dataclasses, importlib.resources, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Callable, Literal, NamedTuple
 import yaml
+from .core import atomic_write
+from .data.bands import get_band_set, rgb_indices
 
 # %% auto #0
-__all__ = ['DataConfig', 'CropsConfig', 'StudentConfig', 'TeacherConfig', 'LossConfig', 'OptimConfig', 'TrainConfig', 'DEOConfig',
-           'to_dict', 'merge', 'parse_overrides', 'presets_dir', 'list_presets', 'load_yaml', 'load_config',
-           'save_config', 'config_from_dict']
+__all__ = ['UNIT', 'PROBS', 'SPAN', 'FRACTION_SPAN', 'STUDENT_ARCHS', 'RENAMED', 'ConfigError', 'Check', 'gt', 'ge', 'option',
+           'group', 'DataConfig', 'CropsConfig', 'StudentConfig', 'TeacherConfig', 'SimDINOConfig', 'DINOConfig',
+           'OpticalConfig', 'ExtensionsConfig', 'LossConfig', 'OptimConfig', 'TrainConfig', 'DEOConfig', 'to_dict',
+           'migrate', 'student_stride', 'validate_config', 'merge', 'parse_overrides', 'presets_dir', 'list_presets',
+           'load_yaml', 'merge_file', 'load_config', 'save_config', 'config_from_dict', 'ConfigKey', 'config_keys']
+
+# %% ../nbs/01_config.ipynb #aa932902
+class ConfigError(ValueError):
+    "A config key or value deo_kit cannot use; the message starts with the file or the dotted key at fault."
+
+# %% ../nbs/01_config.ipynb #9df9e607
+class Check(NamedTuple):
+    "A rule on one value: `ok(value)` is True when it holds; `allowed` says in words what passes."
+    ok: Callable
+    allowed: str
+
+# %% ../nbs/01_config.ipynb #1231a023
+def gt(lo): return Check(lambda v: v > lo, f"> {lo}")
+
+# %% ../nbs/01_config.ipynb #897a3959
+def ge(lo): return Check(lambda v: v >= lo, f">= {lo}")
+UNIT = Check(lambda v: 0 <= v <= 1, "in [0, 1]")
+PROBS = Check(lambda v: all(0 <= p <= 1 for p in v), "probabilities in [0, 1]")
+SPAN = Check(lambda v: 0 < v[0] <= v[1], "0 < min <= max")
+FRACTION_SPAN = Check(lambda v: 0 < v[0] <= v[1] <= 1, "0 < min <= max <= 1")
+
+# %% ../nbs/01_config.ipynb #80e579f4
+def option(default, doc: str, check: Check | None = None):
+    "A config field: its default, a one-line doc and an optional value rule, kept in the field's metadata."
+    md = {"doc": doc, "check": check}
+    if isinstance(default, (list, dict)): return field(default_factory=lambda: copy.deepcopy(default), metadata=md)
+    return field(default=default, metadata=md)
+
+# %% ../nbs/01_config.ipynb #32b0f857
+def group(cls, doc: str):
+    "A nested config group (a dataclass) with its one-line doc."
+    return field(default_factory=cls, metadata={"doc": doc, "check": None})
 
 # %% ../nbs/01_config.ipynb #2192f02e
 @dataclass
 class DataConfig:
-    sources: list[str] = field(default_factory=lambda: ["demo"]) # 'demo', scene files/folders, or class-folder datasets (labels unused)
-    layout: str | None = None       # band order inside multi-band files (e.g. 'eurosat-ms'); per-band folders need none
-    bands: str = "s2-10-deo"        # band set the student reads (name or comma-separated list)
-    stats: str = "s2-l1c"           # normalisation statistics: 's2-l1c', 's2-l2a' or a JSON path
-    window_scale: tuple[float, float] = (1.0, 1.5) # random window edge, as a multiple of the global crop size
-    num_workers: int = 0            # DataLoader workers
-    max_cloud: float | None = None  # skip training windows whose cloud fraction exceeds this (sources with SCL or BQA)
-    cloud_mode: str = "skip"        # 'skip' windows above max_cloud, or 'weight': keep those below it with probability 1 - fraction
-    s2_offset: float | None = None  # Sentinel-2 DN offset (e.g. -1000) for SAFE/STAC products whose metadata does not state it
+    "What pretraining reads and how it normalises it."
+    sources: list[str] = option(["demo"], "'demo', 'eurosat-sample', scene files/folders, shard folders or class "
+                                "folders (labels unused)", Check(lambda v: len(v) > 0, "at least one source"))
+    layout: str | None = option(None, "band order inside multi-band files (e.g. 'eurosat-ms'); per-band folders need "
+                                "none")
+    bands: str = option("s2-10-deo", "band set the student reads: a registered name or a comma-separated list of bands")
+    stats: str = option("s2-l1c", "normalisation statistics: 's2-l1c', 's2-l2a', 'fmow-s2' (the reference's) or a "
+                        "JSON path")
+    window_scale: tuple[float, float] = option((1.0, 1.5), "random window edge, as a multiple of the global crop size",
+                                               SPAN)
+    num_workers: int = option(0, "DataLoader worker processes", ge(0))
+    max_cloud: float | None = option(None, "skip training windows whose cloud fraction exceeds this (sources with SCL "
+                                     "or BQA); null = no filter", UNIT)
+    cloud_mode: Literal["skip", "weight"] = option("skip", "'skip' windows above max_cloud, or 'weight': keep those "
+                                                   "below it with probability 1 - fraction")
+    hr_rgb: str | None = option(None, "folder of high-resolution RGB images paired with the samples by file name "
+                                "(<sample stem>.png/.jpg/.tif, each over its sample's footprint): the paper's fMoW-RGB "
+                                "step, "
+                                "wired but unverified on real pairs")
+    s2_offset: float | None = option(None, "Sentinel-2 DN offset (e.g. -1000) for SAFE/STAC products whose metadata "
+                                     "does not state it")
 
+# %% ../nbs/01_config.ipynb #fc432c38
 @dataclass
 class CropsConfig:
-    global_size: int = 224
-    local_size: int = 96
-    n_local: int = 10
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    rgb_aug: bool = True            # colour jitter, grey, blur, solarise on the RGB bands
-    rgb_scale: float | None = None  # RGB to [0, 1]: DN / rgb_scale (clipped), or None = per-crop max as the reference
+    "Multi-crop geometry and the RGB photometric schedule (one config for training and `data.crops.MultiCrop`)."
+    global_size: int = option(224, "global crop edge in pixels (a multiple of the student's stride)", gt(0))
+    local_size: int = option(96, "local crop edge in pixels (a multiple of the student's stride)", gt(0))
+    n_global: int = option(2, "global crops per image (the teachers see these)", ge(1))
+    n_local: int = option(10, "local crops per image (student only)", ge(0))
+    global_scale: tuple[float, float] = option((0.4, 1.0), "global crop area as a fraction of the image", FRACTION_SPAN)
+    local_scale: tuple[float, float] = option((0.05, 0.4), "local crop area as a fraction of the image", FRACTION_SPAN)
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), "crop aspect ratio range (width / height)", SPAN)
+    hflip_p: float = option(0.5, "probability of a horizontal flip (all bands)", UNIT)
+    interpolation: Literal["bicubic", "bilinear"] = option("bicubic", "resize filter (reference: bicubic)")
+    rgb_aug: bool = option(True, "photometric ops on the RGB bands (colour jitter, grey, blur, solarise); false = none")
+    rgb_scale: float | None = option(None, "RGB to [0, 1]: DN / rgb_scale (clipped); null = the crop's RGB max "
+                                     "(reference)", gt(0))
+    solarize: Literal["fixed", "reference"] = option("fixed", "'fixed': invert RGB >= solarize_threshold (DINO); "
+                                                     "'reference': Kornia RandomSolarize(0.5), threshold U(0, 1) + "
+                                                     "shift U(-0.1, 0.1)")
+    jitter: tuple[float, float, float, float] = option((0.4, 0.4, 0.2, 0.1), "colour jitter: brightness, contrast, "
+                                                       "saturation, hue", Check(lambda v: min(v) >= 0, "each >= 0"))
+    jitter_p: float = option(0.8, "probability of colour jitter", UNIT)
+    grey_p: float = option(0.2, "probability of greyscale", UNIT)
+    blur_kernel: int = option(23, "Gaussian blur kernel size", Check(lambda v: v >= 1 and v % 2, "odd and >= 1"))
+    blur_sigma: tuple[float, float] = option((0.1, 2.0), "Gaussian blur sigma range", SPAN)
+    global_blur_p: tuple[float, ...] = option((1.0, 0.1), "blur probability per global crop (cycled)", PROBS)
+    global_solarize_p: tuple[float, ...] = option((0.0, 0.2), "solarise probability per global crop (cycled)", PROBS)
+    local_blur_p: float = option(0.5, "blur probability of a local crop", UNIT)
+    local_solarize_p: float = option(0.0, "solarise probability of a local crop", UNIT)
+    solarize_threshold: float = option(0.5, "solarise pixels above this value (RGB in [0, 1])", UNIT)
+
+    @property
+    def n_crops(self) -> int: return self.n_global + self.n_local
+
+    def validate(self, patch_size: int | None = None # the student's stride; crop sizes must be multiples of it
+                ) -> CropsConfig:
+        "Raise a ConfigError naming the first crop setting that cannot work; return self."
+        _check_tree(self, "crops")
+        if self.n_local and self.local_size > self.global_size:
+            raise ConfigError(f"crops.local_size: {self.local_size} is bigger than global_size {self.global_size}")
+        if patch_size is not None:
+            bad = {n: s for n, s in (("global_size", self.global_size), ("local_size", self.local_size))
+                   if s % patch_size and (n == "global_size" or self.n_local)}
+            if bad: raise ConfigError(f"crops.{next(iter(bad))}: crop sizes {bad} are not multiples of the patch size "
+                                      f"{patch_size} (the student's stride)")
+        return self
+
+# %% ../nbs/01_config.ipynb #bf942663
+STUDENT_ARCHS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "swin_t", "swin_s", "swin_b", # and aliases
+                 "vit_t", "vit_s", "vit_b", "vit_l", "swin_tiny", "swin_small", "swin_base")
 
 @dataclass
 class StudentConfig:
-    arch: str = "swin_b"
-    patch_size: int | None = None   # ViT patch (default 16) or Swin stem patch (default 4)
-    window_size: int | None = None  # Swin window: 12 as the released weights, 7 as the public training code
-    mid_stage: int | None = None    # ViT block (0-based) or Swin stage for the middle map
-    drop_path_rate: float = 0.0
-    rgb_stem: bool = True           # separate RGB stem (the paper's 'separate optical path')
-    init_from_teacher: bool = False # copy the optical teacher's trunk (ViT students of its width/depth)
-    kwargs: dict = field(default_factory=dict) # extra model arguments, e.g. {depth: 4}
+    "The dual-stem student: trunk, stems and stochastic depth."
+    arch: Literal[STUDENT_ARCHS] = option("swin_b",
+                                          "trunk: a ViT (timm) or Swin (torchvision) size; short aliases such as vit_s "
+                                          "accepted")
+    patch_size: int | None = option(None, "ViT patch (default 16) or Swin stem patch (default 4)", gt(0))
+    window_size: int | None = option(None, "Swin window: 12 as the released weights, 7 as the public training code",
+                                     gt(0))
+    mid_stage: int | None = option(None, "ViT block (0-based) or Swin stage for the middle map", ge(0))
+    drop_path_rate: float = option(0.0, "student stochastic depth, rising linearly over blocks (reference: Swin-T 0.2, "
+                                   "Swin-B 0.5, ViT 0.1)", Check(lambda v: 0 <= v < 1, "in [0, 1)"))
+    ema_drop_path_rate: float | None = option(None, "EMA teacher's stochastic depth (it runs in train mode): null = "
+                                              "drop_path_rate (reference Swin), 0 = reference ViT",
+                                              Check(lambda v: 0 <= v < 1, "in [0, 1)"))
+    vit_layers: Literal["deo_kit", "reference"] = option("deo_kit", "ViT maps: 'deo_kit' = mid_stage/last block after "
+                                                         "the final norm; 'reference' = blocks 11/5 without it "
+                                                         "(main_dino.py's swap)")
+    rgb_stem: bool = option(True, "a separate RGB stem (the paper's 'separate optical path')")
+    init_from_teacher: bool = option(False, "copy the optical teacher's trunk (ViT students of its width and depth)")
+    kwargs: dict = option({}, "extra model arguments, e.g. {depth: 4} (ViT) or {depths: [2, 2, 6, 2]} (Swin)")
 
+# %% ../nbs/01_config.ipynb #b160ae4a
 @dataclass
 class TeacherConfig:
-    path: str | None = None         # weights file; None = $DEO_KIT_TEACHER, the cache, or the demo teacher
-    arch: str | None = None         # expected architecture; a file holding another one stops the run
-    layers: list[int] | None = None # (mid, last) 0-based blocks; default (8, 11) for 12 blocks
-    img_size: int | None = None     # teacher input size; default the global crop size rounded to its patch
-    momentum: float = 0.996         # EMA teacher momentum at step 0 (cosine to 1.0)
+    "The frozen optical teacher and the EMA teacher's momentum."
+    path: str | None = option(None, "weights file, or 'random:<timm name>'; null = $DEO_KIT_TEACHER, the cache, or "
+                              "the demo teacher")
+    arch: str | None = option(None, "expected architecture; a file holding another one stops the run")
+    layers: list[int] | None = option(None, "(mid, last) 0-based blocks; null = (8, 11) for 12 blocks",
+                                      Check(lambda v: len(v) == 2 and min(v) >= 0, "two block indices >= 0"))
+    img_size: int | None = option(None, "teacher input size; null = the global crop size rounded to its patch", gt(0))
+    norm: str = option("imagenet", "optical teacher input statistics on [0, 1] RGB: 'imagenet' (DINOv2/v3's own), or "
+                       "a statistics set with the RGB bands, e.g. 'fmow-rgb' (the reference: the student's normalised "
+                       "RGB)")
+    momentum: float = option(0.996, "EMA teacher momentum at step 0 (cosine to 1.0)", UNIT)
 
+# %% ../nbs/01_config.ipynb #5979f3d0
+@dataclass
+class SimDINOConfig:
+    "SimDINO's MS objective: cross-view cosine + coding-rate term (the reference's default)."
+    eps: float = option(0.05, "coding-rate ε", gt(0))
+    coeff: float = option(1.0, "weight of the compression (coding-rate) part", ge(0))
+    reduce_cov: bool = option(True, "all-reduce covariances under DDP (false = the reference, not equivalent)")
+
+# %% ../nbs/01_config.ipynb #36ff0ab4
+@dataclass
+class DINOConfig:
+    "DINO's MS objective: prototype softmax with a centred, sharpened teacher (the fused Triton loss on GPU)."
+    student_temp: float = option(0.1, "student softmax temperature", gt(0))
+    teacher_temp: float = option(0.07, "teacher temperature after the warm-up", gt(0))
+    warmup_teacher_temp: float = option(0.04, "teacher temperature at step 0", gt(0))
+    warmup_teacher_temp_frac: float = option(0.3, "teacher temperature warm-up, as a fraction of the run", UNIT)
+    center_momentum: float = option(0.9, "EMA momentum of the teacher centre", UNIT)
+    centering: Literal["center", "sinkhorn_knopp"] = option("center", "teacher targets: centring, or Sinkhorn-Knopp")
+    impl: Literal["auto", "torch", "triton"] = option("auto", "loss implementation: auto = Triton on CUDA, else torch")
+
+# %% ../nbs/01_config.ipynb #29f1edff
+@dataclass
+class OpticalConfig:
+    "Distillation from the optical teacher into the RGB path; weights against the MS loss, 0 or null = off."
+    cls: float | None = option(0.5, "CLS cross-view cosine (reference code; the paper writes 1)", ge(0))
+    last: float | None = option(0.25, "last-stage patch cosine (paper 0.5)", ge(0))
+    mid: float | None = option(0.25, "middle-stage patch cosine (paper 0.5)", ge(0))
+
+# %% ../nbs/01_config.ipynb #12d793f1
+@dataclass
+class ExtensionsConfig:
+    "deo_kit's own terms, not in the paper (off by default, except the MS self-distillation at its paper weight 1)."
+    self_distill: float = option(1.0, "weight of the MS self-distillation term (0 skips it, the EMA teacher's forward "
+                                 "and the local crops)", ge(0))
+    ms_cls: float = option(0.0, "also distil the MS path's global vector to the optical teacher's CLS", ge(0))
+    spectral_recon: float = option(0.0, "a linear read-out of the MS path's patch tokens regresses each patch's "
+                                   "band values", ge(0))
+    spectral_targets: Literal["mean", "mean+std"] = option("mean", "what the read-out regresses per token and band")
+    rgb_anchor: float = option(0.0, "1 − cos between the MS path's global vector and the RGB path's (held), "
+                               "global crops", ge(0))
+
+# %% ../nbs/01_config.ipynb #fd472db9
 @dataclass
 class LossConfig:
-    objective: str = "simdino"      # 'simdino' (reference) or 'dino' (prototypes + centring, fused kernel on GPU)
-    out_dim: int = 256              # SimDINO embedding width, or DINO prototypes K
-    eps: float = 0.05               # SimDINO coding-rate ε
-    coeff: float = 1.0              # SimDINO compression weight
-    reduce_cov: bool = True         # all-reduce covariances under DDP (False = reference, not equivalent)
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_frac: float = 0.3  # of the run
-    center_momentum: float = 0.9
-    centering: str = "center"       # or 'sinkhorn_knopp'
-    impl: str = "auto"              # DINO loss implementation: auto|torch|triton
-    distill_cls: float | None = 0.5   # optical CLS weight (reference code; the paper writes 1)
-    distill_last: float | None = 0.25 # last-stage patch weight (paper 0.5)
-    distill_mid: float | None = 0.25  # middle-stage patch weight (paper 0.5)
-    distill_ms_cls: float = 0.0       # deo_kit extension: also distil the MS path's global vector to the teacher's CLS
-    spectral_recon: float = 0.0       # deo_kit extension: a linear read-out of the MS path's patch tokens regresses each patch's mean band values
-    spectral_targets: str = "mean"    # per token and band, the read-out regresses the 'mean' or the 'mean+std' of the pixels under it
-    rgb_anchor: float = 0.0           # deo_kit extension: 1 − cos between the MS path's global vector and the RGB path's (held), global crops
-    self_distill: float = 1.0         # weight of the MS self-distillation term (0 skips it, the EMA teacher's forward and the local crops)
-    head_hidden: int = 2048
+    "The training objective, grouped as dinov2 groups it: MS self-distillation, optical distillation, extensions."
+    objective: Literal["simdino", "dino"] = option("simdino", "MS self-distillation: 'simdino' (reference) or 'dino'")
+    out_dim: int = option(256, "MS head output: SimDINO embedding width, or DINO prototypes K", ge(1))
+    head_hidden: int = option(2048, "hidden width of the MS head and the distillation heads", ge(1))
+    simdino: SimDINOConfig = group(SimDINOConfig, "settings of objective 'simdino'")
+    dino: DINOConfig = group(DINOConfig, "settings of objective 'dino' (the teacher temperature schedule is logged "
+                             "for both)")
+    optical: OpticalConfig = group(OpticalConfig, "optical distillation weights")
+    ext: ExtensionsConfig = group(ExtensionsConfig, "deo_kit's extensions (not in the paper)")
 
+# %% ../nbs/01_config.ipynb #f5664ac3
 @dataclass
 class OptimConfig:
-    batch_size: int = 64            # images per step (per process)
-    lr: float = 5e-4                # base LR for a global batch of 256 (scaled linearly)
-    min_lr: float = 1e-6
-    warmup_frac: float = 0.1        # linear warm-up, as a fraction of the run (reference: 10 of 100 epochs)
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    clip_grad: float = 3.0
-    accum_steps: int = 1
-    stem_lr_mult: float = 1.0       # LR multipliers per group
-    rgb_stem_lr_mult: float | None = None # the RGB stem's own multiplier (None = stem_lr_mult; 0 holds it still)
-    trunk_lr_mult: float = 1.0
-    head_lr_mult: float = 1.0
-    freeze_trunk_steps: int = 0     # train only the stems and heads for this many steps first
-    ms_stem_train: str = "all"      # 'all', or 'new_bands': the MS stem's RGB-band weights, bias and norm stay as initialised
+    "AdamW, its schedule, and which parts learn."
+    batch_size: int = option(64, "images per step (per process)", ge(1))
+    lr: float = option(5e-4, "base learning rate for a global batch of 256 (scaled linearly)", gt(0))
+    min_lr: float = option(1e-6, "learning rate at the end of the cosine", ge(0))
+    warmup_frac: float = option(0.1, "linear warm-up, as a fraction of the run (reference: 10 of 100 epochs)", UNIT)
+    warmup_epochs: float | None = option(None, "warm-up in epochs of the data (needs train.epochs); replaces "
+                                         "warmup_frac when set", ge(0))
+    weight_decay: float = option(0.04, "weight decay at step 0 (cosine to weight_decay_end)", ge(0))
+    weight_decay_end: float = option(0.4, "weight decay at the end", ge(0))
+    clip_grad: float = option(3.0, "per-parameter gradient norm limit; 0 = no clipping", ge(0))
+    accum_steps: int = option(1, "micro-batches per step (must divide batch_size)", ge(1))
+    stem_lr_mult: float = option(1.0, "learning-rate multiplier of the stems", ge(0))
+    rgb_stem_lr_mult: float | None = option(None, "the RGB stem's own multiplier; null = stem_lr_mult, 0 holds it "
+                                            "still",
+                                            ge(0))
+    trunk_lr_mult: float = option(1.0, "learning-rate multiplier of the trunk", ge(0))
+    head_lr_mult: float = option(1.0, "learning-rate multiplier of the heads", ge(0))
+    train_trunk: bool = option(True, "false: the trunk never learns (only stems and heads do)")
+    freeze_trunk_steps: int = option(0, "with train_trunk: train only the stems and heads for this many steps first",
+                                     ge(0))
+    ms_stem_train: Literal["all", "new_bands"] = option("all", "'all', or 'new_bands': the MS stem's RGB-band weights, "
+                                                        "bias and norm stay as initialised")
 
+# %% ../nbs/01_config.ipynb #11785d19
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    seed: int = 0
-    device: str = "auto"            # auto|cpu|cuda
-    precision: str = "auto"         # auto (bf16 on GPU, fp32 on CPU)|fp32|bf16|fp16
-    compile: bool = False
-    checkpoint_every: int = 500
-    log_every: int = 10             # metrics read back from the device every N steps
-    out_dir: str | None = None
-    knn_data: str | None = None     # labelled class folder for an online kNN monitor (column knn_top1 in metrics.csv)
-    knn_layout: str | None = None   # band layout of its files (default: data.layout, else 'eurosat-ms')
-    knn_every: int = 100            # monitor every N steps (and after the last one)
+    "Run length, device, precision, checkpoints and the online kNN monitor."
+    steps: int = option(1000, "optimiser steps", ge(1))
+    epochs: float | None = option(None, "run length in epochs of the data (replaces steps; the steps it means are "
+                                  "printed at start)", gt(0))
+    seed: int = option(0, "seed of every random generator", ge(0))
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = cuda when available")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "autocast: auto = bf16 on GPU, fp32 on CPU")
+    compile: bool = option(False, "torch.compile the student trunk")
+    checkpoint_every: int = option(500, "write a checkpoint every N steps (and after the last)", ge(1))
+    save: Literal["full", "student"] = option("full",
+                                              "checkpoint contents: full = weights, EMA teacher, AdamW state, RNG "
+                                              "(resumable); student = the student's weights only (several times "
+                                              "smaller; not resumable)")
+    log_every: int = option(10, "read metrics back from the device every N steps", ge(1))
+    out_dir: str | None = option(None, "run folder; null = runs/pretrain-<time>")
+    knn_data: str | None = option(None, "labelled class folder for an online kNN monitor (column knn_top1)")
+    knn_layout: str | None = option(None, "band layout of its files; null = data.layout, else 'eurosat-ms'")
+    knn_every: int = option(100, "run the monitor every N steps (and after the last one)", ge(1))
 
+# %% ../nbs/01_config.ipynb #a787d32f
 @dataclass
 class DEOConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    crops: CropsConfig = field(default_factory=CropsConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    "Everything a DEO run reads, in seven groups."
+    data: DataConfig = group(DataConfig, "what pretraining reads")
+    crops: CropsConfig = group(CropsConfig, "multi-crop geometry and RGB augmentation")
+    student: StudentConfig = group(StudentConfig, "the dual-stem student")
+    teacher: TeacherConfig = group(TeacherConfig, "the optical teacher and the EMA teacher")
+    loss: LossConfig = group(LossConfig, "the objective")
+    optim: OptimConfig = group(OptimConfig, "optimiser and schedule")
+    train: TrainConfig = group(TrainConfig, "the run")
 
 # %% ../nbs/01_config.ipynb #c38c54a0
 def to_dict(cfg) -> dict:
@@ -131,40 +288,136 @@ def _plain(x):
     if isinstance(x, (list, tuple)): return [_plain(v) for v in x]
     return x
 
-def _coerce(value, tp, where):
-    "Check `value` against the annotation `tp`, converting lists to tuples and ints to floats where declared."
+_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+
+def _words(tp) -> str:
+    "What a value of annotation `tp` looks like, in words."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal: return " | ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _words(a) for a in args)
+    if origin in (list, tuple):
+        n = "" if origin is list or args[-1:] == (Ellipsis,) else f"{len(args)} "
+        return f"a list of {n}{_words(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+    return _WORDS.get(origin or tp, str(tp))
+
+def _coerce(value, tp, key: str):
+    "`value` checked against the annotation `tp`: lists to tuples, ints to floats, whole floats to ints where declared."
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ConfigError(f"{key}: got {value!r}; allowed: {_words(tp)}")
     if tp is typing.Any: return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin is Literal:
+        if isinstance(value, str) and value in args: return value
+        raise bad
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args: return None
         for a in (a for a in args if a is not type(None)):
-            try: return _coerce(value, a, where)
-            except (TypeError, ValueError): pass
-        raise TypeError(f"{where}: {value!r} is not a {tp}")
+            try: return _coerce(value, a, key)
+            except ConfigError: pass
+        raise bad
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)): raise TypeError(f"{where}: expected a list, got {value!r}")
-        return tuple(value) if origin is tuple else list(value)
+        fixed = origin is tuple and args[-1:] != (Ellipsis,)
+        if not isinstance(value, (list, tuple)) or (fixed and len(value) != len(args)): raise bad
+        try: items = [_coerce(v, args[i] if fixed else args[0], key) for i, v in enumerate(value)] if args else [*value]
+        except ConfigError: raise bad from None
+        return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
-        if not isinstance(value, dict): raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        if not isinstance(value, dict): raise bad
         return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
-    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise TypeError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if isinstance(value, bool) and tp is not bool: raise bad
+    if tp is float and isinstance(value, int): return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer(): return int(value)
+    if not isinstance(value, tp): raise bad
     return value
+
+def _set(cfg, f: dataclasses.Field, value, key: str):
+    "Coerce `value` to field `f`'s type, apply its rule, and set it."
+    v = _coerce(value, typing.get_type_hints(type(cfg))[f.name], key)
+    check = f.metadata.get("check")
+    if v is not None and check is not None and not check.ok(v):
+        raise ConfigError(f"{key}: got {_plain(v)!r}; allowed: {check.allowed}")
+    setattr(cfg, f.name, v)
+
+def _check_tree(cfg, where: str = ""):
+    "Re-check every value in place (catches values set as attributes, which no merge saw)."
+    for f in fields(cfg):
+        v, key = getattr(cfg, f.name), f"{where}.{f.name}" if where else f.name
+        if is_dataclass(v): _check_tree(v, key)
+        else: _set(cfg, f, v, key)
+
+# %% ../nbs/01_config.ipynb #654dfa6e
+RENAMED = { # old dotted key → new one: configs and checkpoints written before the loss settings were grouped
+    "loss.eps": "loss.simdino.eps", "loss.coeff": "loss.simdino.coeff", "loss.reduce_cov": "loss.simdino.reduce_cov",
+    **{f"loss.{k}": f"loss.dino.{k}" for k in ("student_temp", "teacher_temp", "warmup_teacher_temp",
+                                               "warmup_teacher_temp_frac", "center_momentum", "centering", "impl")},
+    "loss.distill_cls": "loss.optical.cls", "loss.distill_last": "loss.optical.last",
+    "loss.distill_mid": "loss.optical.mid",
+    "loss.distill_ms_cls": "loss.ext.ms_cls", "loss.self_distill": "loss.ext.self_distill",
+    "loss.spectral_recon": "loss.ext.spectral_recon", "loss.spectral_targets": "loss.ext.spectral_targets",
+    "loss.rgb_anchor": "loss.ext.rgb_anchor"}
+
+def migrate(d: dict) -> dict:
+    "A copy of the nested config dict `d` with every old key of `RENAMED` moved to its new name."
+    out = copy.deepcopy(d)
+    for old, new in RENAMED.items():
+        (*src, leaf), (*dst, new_leaf) = old.split("."), new.split(".")
+        parent = out
+        for p in src: parent = parent.get(p) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or leaf not in parent: continue
+        value, target = parent.pop(leaf), out
+        for p in dst:
+            target = target.setdefault(p, {})
+            if not isinstance(target, dict): raise ConfigError(f"{p}: got {target!r}; allowed: a mapping")
+        if new_leaf in target and target[new_leaf] != value:
+            raise ConfigError(f"{new}: given twice, as {new} = {target[new_leaf]!r} and under its old name "
+                              f"{old} = {value!r}")
+        target[new_leaf] = value
+    return out
+
+# %% ../nbs/01_config.ipynb #1f6d0692
+def student_stride(cfg: DEOConfig) -> int:
+    "Total stride of the student's last feature map (crop sizes must be multiples of it)."
+    s = cfg.student
+    if s.arch.startswith("swin"): return (s.patch_size or 4) * 2 ** (((s.kwargs.get("last_stage") or 4)) - 1)
+    return s.patch_size or 16
+
+# %% ../nbs/01_config.ipynb #e3932fc2
+def _terms_on(l: LossConfig) -> bool:
+    o, e = l.optical, l.ext
+    return bool(e.self_distill or o.cls or o.last or o.mid or e.ms_cls or e.spectral_recon or e.rgb_anchor)
+
+def validate_config(cfg: DEOConfig) -> DEOConfig:
+    "Every value against its rule, then the settings that must agree: band set, crop sizes, batch split, loss terms."
+    _check_tree(cfg)
+    try: rgb_indices(get_band_set(cfg.data.bands))
+    except (KeyError, ValueError) as e: raise ConfigError(f"data.bands: {e}") from None
+    cfg.crops.validate(student_stride(cfg))
+    o = cfg.optim
+    if o.batch_size % o.accum_steps:
+        raise ConfigError(f"optim.accum_steps: {o.accum_steps} does not divide optim.batch_size {o.batch_size}")
+    if o.batch_size < 2 and cfg.loss.objective == "simdino":
+        raise ConfigError(f"optim.batch_size: got {o.batch_size}; the coding-rate term (loss.objective simdino) "
+                          "needs batch_size >= 2")
+    if not _terms_on(cfg.loss):
+        raise ConfigError("loss.ext.self_distill: 0 and no other term is on (loss.optical.*, loss.ext.ms_cls, "
+                          "spectral_recon, rgb_anchor): nothing would train")
+    return cfg
 
 # %% ../nbs/01_config.ipynb #8208259d
 def merge(cfg, updates: dict, where: str = "config"):
-    "Apply a nested dict of overrides in place; unknown keys and wrong types are errors naming the key."
-    hints = typing.get_type_hints(type(cfg))
-    names = {f.name for f in fields(cfg)}
+    "Apply a nested dict of overrides in place (old names translated: `RENAMED`); every value is checked by its rule."
+    top = where == "config"
+    if top: updates = migrate(updates or {})
+    names = [f.name for f in fields(cfg)]
     for k, v in (updates or {}).items():
-        key = f"{where}.{k}" if where != "config" else k
-        if k not in names: raise KeyError(f"unknown config key {key!r}; valid keys here: {sorted(names)}")
+        key = k if top else f"{where}.{k}"
+        if k not in names: raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(names)}")
         cur = getattr(cfg, k)
         if is_dataclass(cur):
-            if not isinstance(v, dict): raise TypeError(f"{key}: expected a mapping of {sorted(f.name for f in fields(cur))}")
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: got {v!r}; allowed: a mapping of {', '.join(f.name for f in fields(cur))}")
             merge(cur, v, key)
-        else: setattr(cfg, k, _coerce(v, hints[k], key))
+        else: _set(cfg, next(f for f in fields(cfg) if f.name == k), v, key)
     return cfg
 
 # %% ../nbs/01_config.ipynb #a2318d6e
@@ -172,12 +425,16 @@ def parse_overrides(items: list[str] | None) -> dict:
     "Turn ['a.b=1', ...] into a nested dict, parsing each value as YAML."
     out = {}
     for item in items or []:
-        if "=" not in item: raise ValueError(f"--set expects key=value, got {item!r}")
+        if "=" not in item: raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         d = out
         *parents, leaf = key.strip().split(".")
-        for p in parents: d = d.setdefault(p, {})
-        d[leaf] = _scalar(yaml.safe_load(raw))
+        for p in parents:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict): raise ConfigError(f"{key.strip()}: --set gives {p} a value and a key under it")
+        try: d[leaf] = _scalar(yaml.safe_load(raw))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key.strip()}: {raw!r} is not a YAML value ({_problem(e)})") from None
     return out
 
 def _scalar(v):
@@ -187,39 +444,96 @@ def _scalar(v):
         except ValueError: return v
     return v
 
-# %% ../nbs/01_config.ipynb #98623f1b
-def presets_dir() -> Path:
-    import deo_kit
-    return Path(deo_kit.__file__).resolve().parent / "configs"
+def _problem(e: yaml.YAMLError) -> str:
+    "A YAML error in one line: what is wrong and where."
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(e, "problem", None) or e).split())
 
+# %% ../nbs/01_config.ipynb #98623f1b
+def presets_dir() -> Path: return Path(str(importlib.resources.files("deo_kit"))) / "configs"
+
+# %% ../nbs/01_config.ipynb #7eb8c10b
 def list_presets() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
+# %% ../nbs/01_config.ipynb #8100a5c3
 def load_yaml(path) -> dict:
+    "A YAML file's mapping; a syntax error or a tag (such as `!!python/...`) is a one-line error naming the file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such config file")
-    d = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(d, dict): raise ValueError(f"{path}: a config file must hold a mapping")
+    try: d = yaml.safe_load(path.read_text()) or {}
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(f"{path}: {_problem(e)} (plain YAML only: tags such as !!python/... are refused)") from None
+    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {_problem(e)}") from None
+    if not isinstance(d, dict): raise ConfigError(f"{path}: a config file must hold a mapping, got {type(d).__name__}")
     return d
 
+# %% ../nbs/01_config.ipynb #1f3fd10e
+def _preset_path(name: str) -> Path:
+    if name not in list_presets(): raise ConfigError(f"unknown preset {name!r}; available: {list_presets()}")
+    return presets_dir() / f"{name}.yaml"
+
+def merge_file(cfg: DEOConfig, path, _seen: tuple = ()) -> DEOConfig:
+    "Merge a YAML file into `cfg`, after the preset its `base:` key names (presets say only how they differ)."
+    path = Path(path)
+    if path.resolve() in _seen: raise ConfigError(f"{path}: 'base:' goes round in a circle: {[p.name for p in _seen]}")
+    d = load_yaml(path)
+    base = d.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or base not in list_presets():
+            raise ConfigError(f"{path}: base: got {base!r}; allowed: a preset name ({', '.join(list_presets())})")
+        merge_file(cfg, _preset_path(base), (*_seen, path.resolve()))
+    try: return merge(cfg, d)
+    except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
+
+# %% ../nbs/01_config.ipynb #0fc74845
 def load_config(preset: str | None = "demo", # a shipped preset name
-                config: str | Path | None = None, # a YAML file applied after the preset
-                overrides: list[str] | dict | None = None # `key=value` strings or a nested dict, applied last
+                config: str | Path | None = None, # a YAML file applied after the preset (it may name a `base:` preset)
+                overrides: list[str] | dict | None = None, # `key=value` strings or a nested dict, applied last
+                check: bool = True # finish with `validate_config` (False: the caller merges more first, then checks)
                ) -> DEOConfig:
-    "Defaults → preset → config file → overrides, each merged strictly."
+    "Defaults → preset → config file → overrides, each merged strictly (every value checked); then `validate_config`."
     cfg = DEOConfig()
-    if preset:
-        if preset not in list_presets(): raise ValueError(f"unknown preset {preset!r}; available: {list_presets()}")
-        merge(cfg, load_yaml(presets_dir() / f"{preset}.yaml"))
-    if config: merge(cfg, load_yaml(config))
+    if preset: merge_file(cfg, _preset_path(preset))
+    if config: merge_file(cfg, config)
     merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return cfg
+    return validate_config(cfg) if check else cfg
 
 # %% ../nbs/01_config.ipynb #8e5c14bd
 def save_config(cfg: DEOConfig, path) -> Path:
     "Write the fully resolved config as YAML (every key, so a run can be reproduced from it alone)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
+    return atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # a kill leaves the old file or the new
 
-def config_from_dict(d: dict) -> DEOConfig: return merge(DEOConfig(), d)
+# %% ../nbs/01_config.ipynb #ac03adba
+def config_from_dict(d: dict) -> DEOConfig:
+    "A checked `DEOConfig` from a nested dict (a saved `config.yaml` or a checkpoint's, old key names included)."
+    return validate_config(merge(DEOConfig(), d))
+
+# %% ../nbs/01_config.ipynb #7a50a907
+class ConfigKey(NamedTuple):
+    "One row of `config_keys`."
+    key: str      # dotted key, as `--set` takes it
+    type: str     # the annotation; options list their values in `allowed`
+    value: object # in the config asked about
+    default: object # the dataclass default
+    allowed: str  # the values or range that pass, '' = any of `type`
+    doc: str      # one line
+
+# %% ../nbs/01_config.ipynb #9a58e7b3
+def config_keys(cfg: DEOConfig | str | None = None # a config, a preset name, or None for the defaults
+               ) -> list[ConfigKey]:
+    "Every leaf key with its type, value, default, allowed values and doc (what `deo config show` prints)."
+    cfg = load_config(cfg) if isinstance(cfg, str) else cfg or DEOConfig()
+    return list(_rows(cfg, DEOConfig(), ""))
+
+def _rows(cfg, default, where):
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        key, v = f"{where}{f.name}", getattr(cfg, f.name)
+        if is_dataclass(v): yield from _rows(v, getattr(default, f.name), key + "."); continue
+        tp, check = hints[f.name], f.metadata.get("check")
+        lit = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+        allowed = " | ".join(lit) if lit else check.allowed if check else ""
+        yield ConfigKey(key, "str" if lit else str(f.type), _plain(v), _plain(getattr(default, f.name)), allowed,
+                        f.metadata.get("doc", ""))

@@ -4,24 +4,29 @@
 
 # %% ../nbs/00_core.ipynb #149d33e1
 from __future__ import annotations
-import os, random
+import os, random, shutil
+from contextlib import contextmanager
+from typing import Iterator
 from pathlib import Path
 import numpy as np
-import torch
+# torch loads inside the functions that need it: the CLI and `import deo_kit` stay light
 
 # %% auto #0
-__all__ = ['IMPLS', 'default_device', 'seed_everything', 'fresh_seed', 'cache_dir', 'set_impl', 'get_impl', 'has_triton',
-           'resolve_impl']
+__all__ = ['IMPLS', 'default_device', 'seed_everything', 'fresh_seed', 'cache_dir', 'set_impl', 'get_impl', 'fallback_warning',
+           'has_triton', 'resolve_impl', 'unwrap_model', 'atomic_path', 'atomic_write', 'unique_dir',
+           'safetensors_problem', 'writable_dir', 'error_line']
 
 # %% ../nbs/00_core.ipynb #ae3a3a4d
 def default_device() -> torch.device:
     "The CUDA device when one is visible, else the CPU."
+    import torch
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # %% ../nbs/00_core.ipynb #7cc024c5
 def seed_everything(seed: int # seed for python, numpy and torch (all devices)
                    ) -> int:
     "Seed every random generator deo_kit uses and return the seed, so callers can print it."
+    import torch
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return seed
 
@@ -50,6 +55,7 @@ def set_impl(impl: str | None # "auto", "torch", "triton", or None to fall back 
     if impl is not None and impl not in IMPLS: raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     _impl_override = impl
 
+# %% ../nbs/00_core.ipynb #abcb8098
 def get_impl() -> str:
     "The process default: `set_impl`, else `$DEO_KIT_IMPL`, else 'auto'."
     impl = _impl_override or os.environ.get("DEO_KIT_IMPL") or "auto"
@@ -57,12 +63,25 @@ def get_impl() -> str:
     return impl
 
 # %% ../nbs/00_core.ipynb #f5f27983
+_warned: set = set()
+
+def fallback_warning(op: str, # the op that falls back, e.g. "ms_patch_embed"
+                     reason: str # why its Triton kernel is not used
+                    ):
+    "Warn once per (op, reason) that impl='auto' runs the torch reference instead of the Triton kernel, and why."
+    if (op, reason) in _warned: return
+    _warned.add((op, reason))
+    import warnings
+    warnings.warn(f"{op}: impl='auto' uses the torch reference, not the Triton kernel: {reason}", stacklevel=3)
+
+# %% ../nbs/00_core.ipynb #fee5e69e
 def has_triton() -> bool:
     "True when Triton imports (it is Linux-only and an optional extra)."
     try: import triton  # noqa: F401
     except Exception: return False
     return True
 
+# %% ../nbs/00_core.ipynb #e0921d3f
 def resolve_impl(impl: str | None, # "auto", "torch", "triton" or None for the process default
                  tensor: torch.Tensor # the op's main input; its device decides "auto"
                 ) -> str:
@@ -70,10 +89,100 @@ def resolve_impl(impl: str | None, # "auto", "torch", "triton" or None for the p
     impl = impl or get_impl()
     if impl not in IMPLS: raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if impl == "auto": return "triton" if tensor.is_cuda and has_triton() else "torch"
+    if impl == "auto":
+        if tensor.is_cuda and not has_triton(): fallback_warning("kernels", "Triton does not import on this machine")
+        return "triton" if tensor.is_cuda and has_triton() else "torch"
     if impl == "triton":
-        if not has_triton(): raise RuntimeError("impl='triton' needs Triton: pip install 'deo_kit[kernels]' (Linux only)")
+        if not has_triton():
+            raise RuntimeError("impl='triton' needs Triton: pip install 'deo_kit[kernels]' (Linux only)")
         if not (tensor.is_cuda or interpret):
             raise RuntimeError(f"impl='triton' needs a CUDA tensor (got device {tensor.device}); "
-                               "set TRITON_INTERPRET=1 before importing anything to run kernels on CPU, or use impl='auto'")
+                               "set TRITON_INTERPRET=1 before importing anything to run kernels on CPU, or use "
+                               "impl='auto'")
     return impl
+
+# %% ../nbs/00_core.ipynb #f1a50ee0
+def unwrap_model(m: torch.nn.Module) -> torch.nn.Module:
+    "The bare module inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."
+    while hasattr(m, "module") or hasattr(m, "_orig_mod"): m = getattr(m, "module", None) or m._orig_mod
+    return m
+
+# %% ../nbs/00_core.ipynb #a70c1d17
+def _fsync(path: Path):
+    "Flush a written file to disk (a kill leaves the page cache intact; this also covers a power cut)."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+@contextmanager
+def atomic_path(path # the file to (re)place
+               ) -> Iterator[Path]:
+    ("A temporary name next to `path` (same folder, same suffix); on a clean exit it replaces `path` in one "
+     "`os.replace`, on an error it is removed and `path` is untouched.")
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if tmp.is_file(): _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink(): shutil.rmtree(tmp, ignore_errors=True)
+        else: tmp.unlink(missing_ok=True)
+
+# %% ../nbs/00_core.ipynb #47bf8349
+def atomic_write(path, # the file to (re)place
+                 data: str | bytes # its whole new content
+                ) -> Path:
+    "Write a file so a reader (or a kill at any moment) sees either the old content or the new, never a mix."
+    with atomic_path(path) as tmp: tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #15b12a84
+def unique_dir(base # wanted folder; `base-2`, `base-3`, ... when it exists
+              ) -> Path:
+    "Create a NEW folder atomically (mkdir without exist_ok): two processes started in the same second never share one."
+    base = Path(base); base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        d = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try: d.mkdir(); return d
+        except FileExistsError: continue
+    raise FileExistsError(f"{base}: 10,000 folders of that name exist; choose another name")
+
+# %% ../nbs/00_core.ipynb #1b158dd8
+def safetensors_problem(path) -> str | None:
+    "Why a .safetensors file cannot be whole (missing, truncated, not safetensors), or None; reads only its header."
+    import json
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 + n: return f"truncated: {size} bytes, its header alone needs {8 + n}"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except FileNotFoundError: return "missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"not a safetensors file ({type(e).__name__})"
+    return None if size == 8 + n + end else f"truncated: {size} bytes, its header describes {8 + n + end}"
+
+# %% ../nbs/00_core.ipynb #8f88c5f6
+def writable_dir(path, # a folder to create (if needed) and write into
+                 setting: str = "DEO_KIT_CACHE" # the variable or option that chose it, named in the error
+                ) -> Path:
+    "Prove a folder writable (create it, write and remove a probe file) before a long download or run writes there."
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"; probe.write_bytes(b""); probe.unlink()
+    except OSError as e:
+        raise OSError(f"{setting}: cannot write to {path} ({e.strerror or type(e).__name__}); set {setting} to a "
+                      "writable folder") from None
+    return path
+
+# %% ../nbs/00_core.ipynb #fb4b62a1
+def error_line(prog: str, # the command, e.g. 'deo eval knn'
+               e: BaseException) -> str:
+    ("The one line a command prints for a refused input: `prog: error: <file/setting>: <what is wrong>. <what to do>` "
+     "(newlines folded).")
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return f"{prog}: error: " + "; ".join(l.strip() for l in msg.splitlines() if l.strip())

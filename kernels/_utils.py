@@ -1,4 +1,6 @@
-"""Helpers shared by the kernel files: interpreter detection, block sizes, distributed reductions."""
+"""Helpers shared by the kernel files: interpreter detection, block sizes, output allocation, input checks,
+device guards, distributed reductions."""
+import contextlib
 import os
 
 import torch
@@ -13,6 +15,40 @@ NEG = -1e30  # finite "minus infinity": keeps online max/sum free of inf - inf
 def interpreting() -> bool:
     "True when Triton runs kernels in its CPU interpreter."
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def poison() -> bool:
+    ("NaN-fill kernel outputs before launch (an unwritten element then shows): `$DEO_KIT_POISON`, else in the "
+     "interpreter.")
+    env = os.environ.get("DEO_KIT_POISON")
+    return env == "1" if env in ("0", "1") else interpreting()
+
+
+def new_out(shape, device, dtype=torch.float32) -> torch.Tensor:
+    "Output buffer: `torch.empty` on the fast path (no extra pass), NaN-filled when `poison()`."
+    if poison():
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def device_guard(t: torch.Tensor):
+    "Launch on `t`'s GPU even when another one is current (Triton launches on the current device)."
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def check_kernel_tensors(named: dict, device: torch.device, dtypes: dict | None = None):
+    """Clear errors for what the kernels cannot take: a tensor on another device than the first one (the error names
+    it), or a dtype outside `dtypes[name]`."""
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.device != device:
+            raise ValueError(f"{name} {tuple(t.shape)} is on {t.device}, but the Triton kernel runs on {device}: "
+                             "move every input to one device")
+        ok = (dtypes or {}).get(name)
+        if ok is not None and t.dtype not in ok:
+            raise ValueError(f"{name} dtype {t.dtype} is not supported by the Triton kernel (use one of "
+                             f"{', '.join(str(d).replace('torch.', '') for d in ok)})")
 
 
 def block_size(n: int, cap: int, floor: int = 16) -> int:

@@ -11,16 +11,22 @@ Kernels:
   bias and LayerNorm gradients.
 - `_ms_patch_embed_bwd_dw_kernel`: dW = dZ^T @ patches, split over M into partial sums (deterministic).
 """
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import block_size, check_cuda_or_interpret, interpreting
+from ._utils import (block_size, check_cuda_or_interpret, check_kernel_tensors, device_guard, interpreting, new_out)
 
 MAX_BLOCK_M = 64  # tests lower these to force several tiles
 MAX_BLOCK_N = 128
 MAX_BLOCK_K = 32
 DW_SPLIT = None  # M splits of the weight-gradient reduction; None: sized for the GPU
+MAX_LN_D = 1024  # LayerNorm needs a whole row per tile: 1024 fp32 columns x 16 rows (66 KB smem, no spill at D 768)
+MAX_ELEMENTS = 2**31 - 1  # token-row offsets (M * D) are int32 inside the kernels
+X_DTYPES = (torch.uint16, torch.float32, torch.float16, torch.bfloat16)  # as `deo_kit.layers.patch_embed.INPUT_DTYPES`
+PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -148,9 +154,55 @@ def _ms_patch_embed_bwd_dw_kernel(X, BANDS, MEAN, RSTD, DZ, DW_PART, M, D, KD, N
     tl.store(out, acc, mask=n_mask[:, None] & (rk[None, :] < KD))
 
 
+def tf32_conv_enabled() -> bool:
+    """torch's TF32 setting for convolutions. Reads the fp32_precision API (torch >= 2.9) first: there the legacy
+    `cudnn.allow_tf32` getter raises once the new flags are set per backend."""
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv in ("tf32", "ieee"):
+        return conv == "tf32"
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return False
+
+
 def _precision(x: torch.Tensor) -> str:
     # fp32 GEMMs follow torch's conv setting (TF32 by default on Ampere+), so both paths agree on the same card
-    return "tf32" if x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
+    return "tf32" if x.is_cuda and tf32_conv_enabled() else "ieee"
+
+
+_STATS: OrderedDict = OrderedDict()  # (device, bands, mean, std) -> device tensors: no H2D copy per call
+_STATS_MAX = 64
+
+
+def _tensor_key(t):
+    if t is None:
+        return None
+    try:
+        return (t.data_ptr(), t._version, t.dtype, t.shape[0])
+    except RuntimeError:  # inference tensors have no version counter: not cached
+        return False
+
+
+def band_stats(device, C: int, bands, mean, std):
+    "Cached (bands int32, mean fp32, 1/std fp32) on `device`; a changed mean/std (new storage or in-place edit) misses."
+    key = (str(device), C, None if bands is None else tuple(int(b) for b in bands), _tensor_key(mean), _tensor_key(std))
+    hit = None if False in key else _STATS.get(key)
+    if hit is not None:
+        _STATS.move_to_end(key)
+        return hit[:3]
+    if bands is None:
+        idx = torch.arange(C, device=device, dtype=torch.int32)
+    else:
+        idx = torch.tensor(key[2], dtype=torch.int32).to(device, non_blocking=True)  # once per band list
+    n = idx.numel()
+    mu = torch.zeros(n, device=device) if mean is None else mean.float()[idx.long()].contiguous()
+    rstd = torch.ones(n, device=device) if std is None else (1.0 / std.float()[idx.long()]).contiguous()
+    if False not in key:  # holding mean/std keeps their addresses from being reused by another tensor while cached
+        _STATS[key] = (idx, mu, rstd, mean, std)
+        if len(_STATS) > _STATS_MAX:
+            _STATS.popitem(last=False)
+    return idx, mu, rstd
 
 
 class _Geometry:
@@ -159,12 +211,7 @@ class _Geometry:
     def __init__(self, x, weight, mean, std, patch_size, bands, ln):
         B, C, H, W = x.shape
         p = patch_size
-        dev = x.device
-        band_list = list(range(C)) if bands is None else [int(b) for b in bands]
-        self.bands = torch.tensor(band_list, dtype=torch.int32, device=dev)
-        idx = self.bands.long()
-        self.mean = (torch.zeros(len(band_list), device=dev) if mean is None else mean.float()[idx]).contiguous()
-        self.rstd = (torch.ones(len(band_list), device=dev) if std is None else 1.0 / std.float()[idx]).contiguous()
+        self.bands, self.mean, self.rstd = band_stats(x.device, C, bands, mean, std)
         self.B, self.C, self.H, self.W, self.p = B, C, H, W, p
         self.Hp, self.Wp = H // p, W // p
         self.N = self.Hp * self.Wp
@@ -173,21 +220,30 @@ class _Geometry:
         self.KD = weight[0].numel()
         self.block_m = block_size(self.M, MAX_BLOCK_M)
         self.block_k = block_size(self.KD, MAX_BLOCK_K)
-        self.block_n = block_size(self.D, max(MAX_BLOCK_N, self.D) if ln else MAX_BLOCK_N)
+        # LayerNorm needs the whole row in one tile; tl.arange needs a power of two, so mask the columns past D
+        self.block_n = max(16, triton.next_power_of_2(self.D)) if ln else block_size(self.D, MAX_BLOCK_N)
+        self.num_stages = None
         if ln and self.block_n > 256:
             self.block_m = min(self.block_m, 16)  # whole rows of a wide LayerNorm: keep the tile in registers
+        if ln and self.block_n >= 512:
+            self.block_k = min(self.block_k, 16)  # and the shared memory of the pipelined operands under 227 KB
+            self.num_stages = 2
         self.precision = _precision(x)
 
     def args(self):
         return (self.M, self.D, self.KD, self.N, self.Wp, self.C * self.H * self.W, self.H * self.W, self.W)
 
 
+def _stages(geo) -> dict:
+    return {} if geo.num_stages is None else {"num_stages": geo.num_stages}
+
+
 def ms_patch_embed_fwd(x, weight, bias, geo, ln_weight, ln_bias, pos_embed, ln_eps):
     "Launch the forward kernel; returns (out (M, D), mu, rstd) with mu/rstd None without LayerNorm."
     ln = ln_weight is not None
-    out = torch.full((geo.M, geo.D), float("nan"), device=x.device, dtype=weight.dtype)  # poisoned before launch
-    mu = torch.full((geo.M,), float("nan"), device=x.device) if ln else None
-    rsig = torch.full((geo.M,), float("nan"), device=x.device) if ln else None
+    out = new_out((geo.M, geo.D), x.device, weight.dtype)
+    mu = new_out((geo.M,), x.device) if ln else None
+    rsig = new_out((geo.M,), x.device) if ln else None
     grid = (triton.cdiv(geo.M, geo.block_m), triton.cdiv(geo.D, geo.block_n))
     dummy = geo.mean
     _ms_patch_embed_fwd_kernel[grid](
@@ -196,20 +252,20 @@ def ms_patch_embed_fwd(x, weight, bias, geo, ln_weight, ln_bias, pos_embed, ln_e
         out, mu if ln else dummy, rsig if ln else dummy, *geo.args(), ln_eps,
         P=geo.p, HAS_BIAS=bias is not None, HAS_LN=ln, HAS_POS=pos_embed is not None,
         BLOCK_M=geo.block_m, BLOCK_N=geo.block_n, BLOCK_K=geo.block_k, PRECISION=geo.precision,
-        num_warps=8 if geo.block_n >= 128 else 4)
+        num_warps=8 if geo.block_n >= 128 else 4, **_stages(geo))
     return out, mu, rsig
 
 
 def ms_patch_embed_bwd_ln(x, weight, bias, geo, ln_weight, mu, rsig, dy):
     "dZ (M, D) fp32 and the bias / LayerNorm gradients."
     n_mb = triton.cdiv(geo.M, geo.block_m)
-    dz = torch.full((geo.M, geo.D), float("nan"), device=x.device)
-    parts = torch.full((3, n_mb, geo.D), float("nan"), device=x.device)
+    dz = new_out((geo.M, geo.D), x.device)
+    parts = new_out((3, n_mb, geo.D), x.device)
     _ms_patch_embed_bwd_kernel[(n_mb,)](
         x, geo.bands, geo.mean, geo.rstd, weight, bias if bias is not None else geo.mean, ln_weight, mu, rsig, dy,
         dz, parts[0], parts[1], parts[2], *geo.args(),
         P=geo.p, HAS_BIAS=bias is not None, BLOCK_M=geo.block_m, BLOCK_N=geo.block_n, BLOCK_K=geo.block_k,
-        PRECISION=geo.precision, num_warps=8)
+        PRECISION=geo.precision, num_warps=8, **_stages(geo))
     db, dlnw, dlnb = parts.sum(1)
     return dz, db, dlnw, dlnb
 
@@ -222,7 +278,7 @@ def ms_patch_embed_bwd_dw(x, geo, dz):
     split = DW_SPLIT or (1 if interpreting() else max(1, min(n_mb, triton.cdiv(1024, tiles))))
     per = triton.cdiv(n_mb, split)
     split = triton.cdiv(n_mb, per)
-    part = torch.full((split, geo.D, geo.KD), float("nan"), device=x.device)
+    part = new_out((split, geo.D, geo.KD), x.device)
     _ms_patch_embed_bwd_dw_kernel[(triton.cdiv(geo.D, bn), triton.cdiv(geo.KD, bk), split)](
         x, geo.bands, geo.mean, geo.rstd, dz, part, *geo.args(), per,
         P=geo.p, BLOCK_M=geo.block_m, BLOCK_N=bn, BLOCK_K=bk, PRECISION=geo.precision, num_warps=4)
@@ -250,9 +306,14 @@ class MSPatchEmbedFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        x = ctx.saved_tensors[0]
+        with device_guard(x):
+            return MSPatchEmbedFn._backward(ctx, dy.contiguous())
+
+    @staticmethod
+    def _backward(ctx, dy):
         x, weight, bias, ln_weight, mu, rsig = ctx.saved_tensors
         geo = ctx.geo
-        dy = dy.contiguous()
         db = dlnw = dlnb = dpos = None
         if ln_weight is not None:
             dz, db, dlnw, dlnb = ms_patch_embed_bwd_ln(x, weight, bias, geo, ln_weight, mu, rsig, dy)
@@ -268,13 +329,42 @@ class MSPatchEmbedFn(torch.autograd.Function):
         return dx, dw, db, dlnw, dlnb, dpos, None, None
 
 
+def unsupported_reason(x, weight, ln_weight=None) -> str | None:
+    "Why the kernels cannot take these inputs (dtype, size), or None; `impl='auto'` then falls back to torch."
+    if x.dtype not in X_DTYPES:
+        return (f"x dtype {x.dtype} is not supported by the Triton kernel (use one of "
+                f"{', '.join(str(d)[6:] for d in X_DTYPES)})")
+    if weight.dtype not in PARAM_DTYPES:
+        return (f"weight dtype {weight.dtype} is not supported by the Triton kernel (use one of "
+                f"{', '.join(str(d)[6:] for d in PARAM_DTYPES)})")
+    D = weight.shape[0]
+    if ln_weight is not None and D > MAX_LN_D:
+        return f"ln_weight {tuple(ln_weight.shape)}: LayerNorm width D = {D} is over the kernel's limit {MAX_LN_D}"
+    B, C, H, W = x.shape
+    p = weight.shape[-1]
+    if B * (H // p) * (W // p) * D > MAX_ELEMENTS:
+        return (f"x {tuple(x.shape)} with weight {tuple(weight.shape)}: {B * (H // p) * (W // p)} tokens x D = {D} "
+                f"is over the kernel's int32 limit of {MAX_ELEMENTS} elements (split the batch)")
+    return None
+
+
+@torch.compiler.disable  # a Python geometry object and launches: keep them out of dynamo graphs
 def ms_patch_embed_triton(x, weight, bias, *, mean, std, patch_size, bands=None, ln_weight=None, ln_bias=None,
                           pos_embed=None, ln_eps=1e-5):
     """Fused patch embedding; inputs are validated by `deo_kit.layers.patch_embed.ms_patch_embed`.
-    Returns (B, H/p, W/p, D) with LayerNorm parameters, else (B, N, D)."""
+    Returns (B, H/p, W/p, D) with LayerNorm parameters, else (B, N, D). Non-contiguous inputs are copied here."""
     check_cuda_or_interpret(x, weight)
-    geo = _Geometry(x, weight, mean, std, patch_size, bands, ln_weight is not None)
-    out = MSPatchEmbedFn.apply(x, weight, bias, ln_weight, ln_bias, pos_embed, geo, ln_eps)
+    reason = unsupported_reason(x, weight, ln_weight)
+    if reason:
+        raise ValueError(reason)
+    named = {"x": x, "weight": weight, "bias": bias, "mean": mean, "std": std, "ln_weight": ln_weight,
+             "ln_bias": ln_bias, "pos_embed": pos_embed}
+    check_kernel_tensors(named, x.device, {k: PARAM_DTYPES for k in ("bias", "ln_weight", "ln_bias", "pos_embed")})
+    x, weight, bias, ln_weight, ln_bias, pos_embed = (None if t is None else t.contiguous()
+                                                      for t in (x, weight, bias, ln_weight, ln_bias, pos_embed))
+    with device_guard(x):
+        geo = _Geometry(x, weight, mean, std, patch_size, bands, ln_weight is not None)
+        out = MSPatchEmbedFn.apply(x, weight, bias, ln_weight, ln_bias, pos_embed, geo, ln_eps)
     if ln_weight is not None:
         return out.view(geo.B, geo.Hp, geo.Wp, geo.D)
     return out.view(geo.B, geo.N, geo.D)

@@ -64,8 +64,9 @@ def test_missing_bands(small_eurosat, tmp_path, capsys):
 
 def test_checkpoint_without_rgb_stem(small_eurosat, tmp_path, capsys):
     from deo_kit.config import load_config, save_config
-    from deo_kit.train.loop import save_checkpoint
-    from deo_kit.train.meta import DEOModel, build_optical_teacher
+    from deo_kit.checkpoint import save_checkpoint
+    from deo_kit.models.teachers import build_optical_teacher
+    from deo_kit.train.meta import DEOModel
     cfg = load_config("demo", overrides=["student.init_from_teacher=false", "student.kwargs={depth: 1, embed_dim: 32}",
                                          "teacher.path=random:vit_small_patch14_dinov2", "student.rgb_stem=false",
                                          "loss.head_hidden=16", "loss.out_dim=8"])

@@ -6,7 +6,8 @@ import torch
 import yaml
 
 from deo_kit.eval.encoders import load_encoder
-from deo_kit.export import KNNMonitor, export_student, load_exported, normalise_input
+from deo_kit.eval.monitor import KNNMonitor
+from deo_kit.export import export_student, load_exported, normalise_input
 from deo_kit.train.cli import cli_main
 
 TINY = {"student": {"arch": "vit_tiny", "patch_size": 8, "init_from_teacher": False, "kwargs": {"depth": 2}},

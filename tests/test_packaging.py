@@ -49,6 +49,9 @@ def test_wheel_contents(wheel):
     top = [n for n in names if n.endswith("top_level.txt")]
     assert not top or zipfile.ZipFile(wheel).read(top[0]).decode().split() == ["deo_kit"]
     assert any(n.startswith("deo_kit/assets/") for n in names), "package data (demo scene, statistics) missing"
+    sample = [n for n in names if n.startswith("deo_kit/assets/eurosat_sample/")]
+    assert sum(n.endswith(".tif") for n in sample) == 100, "the packaged EuroSAT-MS sample is incomplete in the wheel"
+    assert {"deo_kit/assets/eurosat_sample/PROVENANCE.md", "deo_kit/assets/eurosat_sample/manifest.csv"} <= set(sample)
 
 
 def test_wheel_imports_outside_repo(wheel, tmp_path):

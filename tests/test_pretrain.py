@@ -13,7 +13,8 @@ import yaml
 
 from deo_kit.config import load_config, merge
 from deo_kit.train.cli import cli_main
-from deo_kit.train.loop import NonFiniteLossError, pretrain
+from deo_kit.train.loop import pretrain
+from deo_kit.train.metrics import NonFiniteLossError
 
 # A tiny model and a random (not pretrained) teacher: these tests check the machinery, not learning.
 TINY = {"student": {"arch": "vit_tiny", "init_from_teacher": False, "kwargs": {"depth": 2}},
@@ -73,15 +74,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return loss, parts
 
     monkeypatch.setattr(meta, "deo_step_losses", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"step 2: loss term 'distill' is nan.*step-0000002"):
+    # step-0000002's weights are the ones that gave the NaN at step 2: the last good checkpoint is step-0000001
+    with pytest.raises(NonFiniteLossError, match=r"step 2: loss term 'distill' is nan.*last good checkpoint: .*step-0000001\)"):
         pretrain(merge(load_config("demo"), TINY), out_dir=tmp_path, progress=False)
     ck = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert ck == ["step-0000001", "step-0000002"]
 
 
 def test_resume_of_another_band_set_is_refused(capsys, tmp_path, tiny_yaml):
-    assert _run(capsys, "--config", tiny_yaml, "--set", "train.steps=1", "--out", tmp_path)[0] == 0
-    code, out = _run(capsys, "--config", tiny_yaml, "--set", "data.bands=s2-13", "--resume", tmp_path)
+    assert _run(capsys, "--config", tiny_yaml, "--set", "train.steps=1", "--out", tmp_path / "run")[0] == 0
+    code, out = _run(capsys, "--config", tiny_yaml, "--set", "data.bands=s2-13", "--resume", tmp_path / "run")
     assert code == 1 and "data.bands: checkpoint 's2-10-deo' vs now 's2-13'" in out.err
 
 
@@ -91,7 +93,7 @@ def _losses(run_dir, columns):
 
 
 # the default objective, and the extension terms with self-distillation off: the MS head gets no gradient, so DDP must know
-SPECTRAL = ["loss.self_distill=0", "loss.spectral_recon=1", "loss.rgb_anchor=1", "optim.ms_stem_train=new_bands"]
+SPECTRAL = ["loss.ext.self_distill=0", "loss.ext.spectral_recon=1", "loss.ext.rgb_anchor=1", "optim.ms_stem_train=new_bands"]
 @pytest.mark.parametrize("sets, columns", [
     ([], ("total", "ms", "ms_compression", "ms_expansion", "distill")),
     (SPECTRAL, ("total", "distill", "spectral_recon_mse", "rgb_anchor_cos"))], ids=["default", "spectral"])

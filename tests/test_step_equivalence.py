@@ -1,7 +1,7 @@
 """The optimised training iteration computes what the straightforward one computes.
 
 Optimised = `DEOModel(fast=True)`: Swin blocks that skip the rows stochastic depth drops and the window padding
-(`deo_kit.train.fast`), stems through `ms_patch_embed`. Straightforward = `fast=False`: torchvision's blocks, eager
+(`deo_kit.models.fast`), stems through `ms_patch_embed`. Straightforward = `fast=False`: torchvision's blocks, eager
 stem. fp32 on the CPU, fixed seed, tiny Swin (with stochastic depth and crops that need window padding) and tiny ViT.
 
 Tolerance (fp32): every loss term within 1e-5 (absolute); every gradient tensor within 1e-4 of its own largest
@@ -19,8 +19,10 @@ import torch
 from deo_kit.config import load_config, merge
 from deo_kit.core import seed_everything
 from deo_kit.data.crops import Crops
-from deo_kit.train.loop import _autocast, param_groups, schedules, train_step
-from deo_kit.train.meta import DEOModel, deo_step_losses, random_teacher
+from deo_kit.train.loop import _autocast, train_step
+from deo_kit.train.optim import param_groups, schedules
+from deo_kit.models.teachers import random_teacher
+from deo_kit.train.meta import DEOModel, deo_step_losses
 
 LOSS_ATOL, GRAD_RTOL = 1e-5, 1e-4
 LR = 1e-3
@@ -88,7 +90,7 @@ def test_fast_step_equals_straightforward(student, teacher):
 
 def test_padding_and_dropped_rows_are_exercised(teacher, monkeypatch):
     "The Swin case above really pads (32 px local crops: 8/4/2/1 token grids, window 7) and runs branches on kept rows only."
-    import deo_kit.train.fast as fast_mod
+    import deo_kit.models.fast as fast_mod
     seen = {"padded": 0, "subset": 0}
     attn, dpr = fast_mod.window_attention, fast_mod.drop_path_residual
     def window_attention(a, x):

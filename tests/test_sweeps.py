@@ -116,7 +116,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     (["ablation", "-p", "probe_folds=2.5"], "probe_folds = 2.5: expected int"),
     (["ablation", "-p", "init_from_teacher=maybe"], "init_from_teacher = 'maybe': expected bool"),
     (["ablation", "-p", "rgb_aug=true"], "both fixed and set by the grid axis 'rung'"),
-    (["ablation", "--grid", "objective=dion", "--seeds", "1"], "loss.objective must be 'simdino' or 'dino'"),
+    (["ablation", "--grid", "objective=dion", "--seeds", "1"], "loss.objective: got 'dion'; allowed: simdino | dino"),
     (["ablation", "--grid", "seed=1,2"], "cannot be an axis"),
     (["no-such-sweep"], "shipped sweep"),
 ])

@@ -46,4 +46,17 @@ def test_inspector_notebook_widget_state(tmp_path):
     assert any("B99" in m.get("value", "") for m in by("HTMLModel"))  # the fault is in the widget
     outputs = [o for m in by("OutputModel") for o in m.get("outputs", [])]
     assert outputs, "the view was never rendered into the output area"
+    mimes = {k for o in outputs for k in o.get("data", {})}
+    # a bokeh view, not HoloViews' text repr (`:Layout .Overlay.I ...`), which is what shows without the extension
+    assert "application/vnd.holoviews_exec.v0+json" in mimes, f"the view was not rendered by bokeh (a text dump?): {sorted(mimes)}"
+    assert not any(set(o.get("data", {})) == {"text/plain"} and ":Layout" in o["data"]["text/plain"] for o in outputs), "a text dump"
+    remote = sorted({u for u in ("cdn.holoviz.org", "cdn.bokeh.org", "unpkg.com", "cdn.jsdelivr.net") if u in json.dumps(outputs)})
+    assert not remote, f"the view links {remote}: its CSS/JS must be inlined (deo_kit works offline)"
+    load = "application/vnd.holoviews_load.v0+json"
+    where = {i for i, c in enumerate(nb.cells) for o in c.outputs if load in o.get("data", {})}
+    assert where == {1}, f"deo_kit must load the HoloViews extension by itself, once, where the widget is shown (cells {where})"
+    js = max((o["data"][load] for o in nb.cells[1].outputs if load in o.get("data", {})), key=len)
+    assert len(js) > 1_000_000 and "cdn.bokeh.org/bokeh/release" not in js, "BokehJS must be inlined (no CDN), so the view renders offline"
+    fg = [m for m in by("DropdownModel") if m.get("description") == "foreground"]
+    assert fg and fg[0].get("index") is not None and fg[0]["_options_labels"][fg[0]["index"]] == "off", fg  # a value is shown
     (tmp_path / "executed.ipynb").write_text(json.dumps(nb))

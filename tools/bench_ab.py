@@ -1,4 +1,5 @@
-"""Optimised vs straightforward training step, interleaved in one process: `python tools/bench_ab.py [--arch swin_t] [--images 2] [--iters 6]`.
+"""Optimised vs straightforward training step, interleaved in one process:
+`python tools/bench_ab.py [--arch swin_t] [--images 2] [--iters 6]`.
 
 On a shared machine the same work drifts by 10-20 % between runs, so comparing two `deo bench step` processes mixes
 the change with the drift. Here one model is switched between its fast paths and torchvision's blocks
@@ -7,7 +8,7 @@ paired. A benchmark, not a test: nothing is asserted."""
 import argparse, statistics
 import torch
 from deo_kit.bench.step import StepBench, bench_config, timed_step
-from deo_kit.train.fast import use_fast_paths
+from deo_kit.models.fast import use_fast_paths
 
 
 def main():
@@ -29,7 +30,8 @@ def main():
         w = walls[on]
         print(f"{name:<16} median {statistics.median(w):.3f} s/it (min {min(w):.3f}, max {max(w):.3f})")
     d = [f - s for f, s in zip(walls[True], walls[False])]
-    print(f"optimised - straightforward, paired: {statistics.mean(d):+.3f} ± {statistics.stdev(d) / len(d) ** 0.5:.3f} s (mean ± SE, n={len(d)}); "
+    print(f"optimised - straightforward, paired: {statistics.mean(d):+.3f} ± {statistics.stdev(d) / len(d) ** 0.5:.3f} "
+          f"s (mean ± SE, n={len(d)}); "
           f"ratio of medians {statistics.median(walls[True]) / statistics.median(walls[False]):.3f}")
 
 

@@ -1,4 +1,5 @@
-"""Shard write and read throughput (patches/s) on this machine: `python tools/bench_shards.py SCENE [--size 64] [--workers 2]`.
+"""Shard write and read throughput (patches/s) on this machine:
+`python tools/bench_shards.py SCENE [--size 64] [--workers 2]`.
 
 Writes SCENE's patches into a temporary shard folder with `write_shards`, then streams them back through a
 DataLoader over `ShardDataset` with the given number of workers. A benchmark, not a test: nothing is asserted."""
@@ -28,7 +29,8 @@ def main():
         r = time.perf_counter() - t0
     print(f"{ix['count']} patches of {a.size} px, {len(ix['shards'])} shards")
     print(f"write: {w:.2f} s, {ix['count'] / w:.0f} patches/s (1 process)")
-    print(f"read:  {r:.2f} s, {n / r:.0f} patches/s ({a.workers} workers, batch {a.batch}, shuffled, incl. worker start-up)")
+    print(f"read:  {r:.2f} s, {n / r:.0f} patches/s ({a.workers} workers, batch {a.batch}, shuffled, incl. worker "
+          "start-up)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Each band is cut at its native resolution (10/20/60 m) over the same ground box, whose edges lie on
 every band's pixel grid, so nothing is resampled: the package carries the original pixel values.
 
-    python tools/make_demo_scene.py ../shared/data/s2_l1c_scene deo_kit/assets/s2_demo --left 439920 --top 4176480 --size 9600
+    python tools/make_demo_scene.py ../shared/data/s2_l1c_scene deo_kit/assets/s2_demo \
+        --left 439920 --top 4176480 --size 9600
 """
 import argparse
 import hashlib
@@ -23,12 +24,14 @@ def cut(src_dir: Path, out_dir: Path, left: float, top: float, size_m: float):
                 raise ValueError(f"{f.name}: the box does not lie on its {ds.res[0]} m pixel grid ({win})")
             win = win.round_offsets().round_lengths()
             data = ds.read(window=win)
-            prof = ds.profile | dict(driver="GTiff", width=win.width, height=win.height, transform=ds.window_transform(win),
+            prof = ds.profile | dict(driver="GTiff", width=win.width, height=win.height,
+                                     transform=ds.window_transform(win),
                                      compress="deflate", predictor=2, zlevel=9, tiled=False)
             with rasterio.open(out_dir / f.name, "w", **prof) as out:
                 out.write(data)
                 out.set_band_description(1, f.stem.split("_")[-1])
-        rows.append((f.name, ds.res[0], win.height, win.width, hashlib.sha256((out_dir / f.name).read_bytes()).hexdigest()[:16]))
+        rows.append((f.name, ds.res[0], win.height, win.width,
+                     hashlib.sha256((out_dir / f.name).read_bytes()).hexdigest()[:16]))
     return rows
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch, yaml
 from safetensors.torch import load_file, save_file
 from deo_kit.data.bands import get_band_set, rgb_indices
-from deo_kit.train.loop import latest_checkpoint
+from deo_kit.checkpoint import latest_checkpoint
 
 
 def randomise_new_bands(state: dict, rgb_idx: list[int], seed: int) -> dict:

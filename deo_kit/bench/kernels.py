@@ -4,15 +4,16 @@
 
 # %% ../../nbs/81_bench.kernels.ipynb #14d7341a
 from __future__ import annotations
-import argparse, statistics, time
+import statistics, time
 from collections.abc import Callable
 import torch
 from ..core import has_triton
 from ..loss.dino import dino_loss, dino_loss_ref
 from ..layers.patch_embed import ms_patch_embed, ms_patch_embed_ref
+from .cli import kernels_parser as parser  # torch-free: `deo bench kernels --help` answers without torch
 
 # %% auto #0
-__all__ = ['OPS', 'time_op', 'impls_for', 'dino_cases', 'stem_cases', 'bench_table', 'device_name', 'parser', 'cli_main']
+__all__ = ['time_op', 'impls_for', 'dino_cases', 'stem_cases', 'bench_table', 'device_name', 'versions', 'cli_main']
 
 # %% ../../nbs/81_bench.kernels.ipynb #b32f682d
 def time_op(fn: Callable[[], None], # runs the op once (forward + backward)
@@ -42,17 +43,18 @@ def impls_for(device: torch.device, # the benchmark device
     names = ["eager"] + (["compile"] if compile else [])
     return names + (["triton"] if device.type == "cuda" and has_triton() else [])
 
-def dino_cases(device, small=False, compile=True):
-    "DINO loss fwd+bwd: 2 + 10 crops of 64 images, K = 65,536 fp32 (small: 4 images, K = 4,096)."
+# %% ../../nbs/81_bench.kernels.ipynb #c1f01bda
+def dino_cases(device, small=False, compile=True, dtype=torch.float32):
+    "DINO loss fwd+bwd: 2 + 10 crops of 64 images, K = 65,536 logits of `dtype` (small: 4 images, K = 4,096)."
     S, T, B, K = (12, 2, 4, 4096) if small else (12, 2, 64, 65536)
-    s = torch.randn(S, B, K, device=device, requires_grad=True); t = torch.randn(T, B, K, device=device)
+    s = torch.randn(S, B, K, device=device).to(dtype).requires_grad_(); t = torch.randn(T, B, K, device=device).to(dtype)
     c = torch.zeros(K, device=device); kw = dict(student_temp=0.1, teacher_temp=0.04)
     ref = torch.compile(dino_loss_ref) if compile else None
     def run(f): return lambda: f().backward()
     fns = {"eager": run(lambda: dino_loss(s, t, c, center_momentum=0.9, impl="torch", **kw)[0]),
            "compile": run(lambda: ref(s, t, c, center_momentum=0.9, **kw)),
            "triton": run(lambda: dino_loss(s, t, c, center_momentum=0.9, impl="triton", **kw)[0])}
-    return f"S={S} T={T} B={B} K={K} fp32", {k: fns[k] for k in impls_for(device, compile)}
+    return f"S={S} T={T} B={B} K={K} {str(dtype)[6:]}", {k: fns[k] for k in impls_for(device, compile)}
 
 # %% ../../nbs/81_bench.kernels.ipynb #65d4b898
 def stem_cases(device, kind="swin", small=False, compile=True, x_dtype=torch.float32):
@@ -94,32 +96,35 @@ def bench_table(op: str, # op name for the title
         print(f"{r['impl']:<9}{r['ms']:>11.3f}{r['speedup']:>9.2f}{mem:>10}")
     return rows
 
+# %% ../../nbs/81_bench.kernels.ipynb #a7eb6235
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 # %% ../../nbs/81_bench.kernels.ipynb #cc129533
-OPS = ("dino", "swin", "vit")
+def versions() -> dict:
+    "torch / triton / python versions and the device, for a results file."
+    import platform
+    v = dict(python=platform.python_version(), torch=torch.__version__, triton=None)
+    try: import triton; v["triton"] = triton.__version__
+    except Exception: pass
+    return v
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deo bench kernels",
-                                description="Time torch eager vs torch.compile vs Triton for deo_kit's fused ops.")
-    p.add_argument("--small", action="store_true", help="small shapes (a CPU smoke run)")
-    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="which ops to time")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
-    p.add_argument("--reps", type=int, default=20, help="timed repetitions (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up calls")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--x-dtype", default="float32", choices=("float32", "bfloat16", "uint16"), help="stem input dtype")
-    return p
-
+# %% ../../nbs/81_bench.kernels.ipynb #7dcf8955
 def cli_main(argv: list[str] | None = None) -> int:
     "Entry point of `deo bench kernels`; prints one table per op and returns the exit code."
     args = parser().parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     compile = not args.no_compile
     if device.type != "cuda": print("CPU run: timing the torch paths only (Triton kernels need a GPU; the interpreter is not a benchmark)")
+    rows = []
     for op in args.ops:
-        label, fns = dino_cases(device, args.small, compile) if op == "dino" else \
+        label, fns = dino_cases(device, args.small, compile, getattr(torch, args.dtype)) if op == "dino" else \
             stem_cases(device, op, args.small, compile, getattr(torch, args.x_dtype))
-        bench_table({"dino": "dino_loss", "swin": "swin_stem", "vit": "vit_b16_stem"}[op], label, fns, device, args.warmup, args.reps)
+        rows += bench_table({"dino": "dino_loss", "swin": "swin_stem", "vit": "vit_b16_stem"}[op], label, fns, device, args.warmup, args.reps)
+    if args.json:
+        import json
+        from pathlib import Path
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(dict(device=device_name(device), **versions(), reps=args.reps, rows=rows), indent=1))
+        print(f"wrote {args.json}")
     return 0

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/82_bench.step.ipynb #22c6cec2
 from __future__ import annotations
-import argparse, json, os, resource, statistics, sys, time
+import json, os, resource, statistics, sys, time
 from pathlib import Path
 import torch
 from ..config import DEOConfig, merge, parse_overrides
@@ -12,19 +12,23 @@ from ..core import seed_everything
 from ..sweep import environ  # stdlib and yaml only: no cost
 from ..data.bands import get_band_set
 from ..data.crops import Crops
-from ..train.loop import _autocast, apply_schedule, param_groups, schedules, train_step, validate_config
-from ..train.meta import DEOModel, StepTimer, build_optical_teacher
-from ..train.fast import fast_paths_on
+from ..config import ConfigError, validate_config
+from ..train.loop import _autocast, train_step
+from ..train.optim import apply_schedule, param_groups, schedules
+from ..models.teachers import build_optical_teacher
+from ..train.meta import DEOModel, StepTimer
+from ..models.fast import fast_paths_on
+from .. import core
+from .cli import step_parser as parser  # torch-free: `deo bench step --help` answers without torch
 
 # %% auto #0
-__all__ = ['DROP_PATH', 'VIT_DROP_PATH', 'ARCHS', 'REFERENCE', 'PIECES', 'SDPA_CPU', 'GEMM_OPS', 'bench_config', 'make_batch',
-           'StepBench', 'timed_step', 'peak_rss_gib', 'run_bench', 'gemm_profile', 'gemm_peak_gflops', 'describe',
-           'format_report', 'parser', 'cli_main']
+__all__ = ['DROP_PATH', 'VIT_DROP_PATH', 'REFERENCE', 'PIECES', 'SDPA_CPU', 'GEMM_OPS', 'bench_config', 'make_batch', 'StepBench',
+           'timed_step', 'peak_rss_gib', 'run_bench', 'gemm_profile', 'gemm_peak_gflops', 'describe', 'format_report',
+           'cli_main']
 
 # %% ../../nbs/82_bench.step.ipynb #18b26656
 DROP_PATH = {"swin_t": 0.2, "swin_s": 0.3, "swin_b": 0.5}  # torchvision's defaults, which the reference's Swin gets
 VIT_DROP_PATH = 0.1  # the reference's --drop_path_rate (ViT students only)
-ARCHS = ("swin_t", "swin_s", "swin_b", "vit_tiny", "vit_small", "vit_base", "vit_large")
 REFERENCE = {("swin_t", 2): (4.16, 4.65), ("swin_t", 4): (8.11, 7.03), ("swin_b", 2): (11.04, 8.52)}  # s/it, peak RSS GiB (CPU fp32)
 
 def bench_config(arch: str = "swin_t", # student: swin_t|swin_s|swin_b|vit_tiny|vit_small|vit_base|vit_large
@@ -56,6 +60,7 @@ def make_batch(cfg: DEOConfig, device: torch.device | str = "cpu", seed: int = 0
     rgb = [torch.rand(B, 3, c.global_size, c.global_size, generator=g).to(device) for _ in range(2)]
     return Crops(crops, rgb)
 
+# %% ../../nbs/82_bench.step.ipynb #c0fa01f7
 class StepBench:
     "Model, optimiser, precision and inputs of one benchmark configuration; `step(timer)` runs one training iteration."
     def __init__(self, cfg: DEOConfig, device: torch.device | str = "cpu",
@@ -66,8 +71,8 @@ class StepBench:
                  channels_last: bool = False, # crops in channels-last memory format
                  seed: int = 0):
         self.device = torch.device(device)
-        if straightforward: cfg = merge(cfg, {"loss": {"impl": "torch"}})
-        else: cfg = merge(cfg, {"loss": {"impl": impl}})
+        if straightforward: cfg = merge(cfg, {"loss": {"dino": {"impl": "torch"}}})
+        else: cfg = merge(cfg, {"loss": {"dino": {"impl": impl}}})
         self.cfg = cfg
         seed_everything(seed)
         teacher = build_optical_teacher(cfg).to(self.device)
@@ -85,6 +90,7 @@ class StepBench:
         "One training iteration (forward, backward, clip, AdamW, EMA); the metrics stay on the device."
         return train_step(self.model, self.model, self.opt, self.scaler, self.autocast, [self.batch], self.sched, self.cfg, self.device, timer)
 
+# %% ../../nbs/82_bench.step.ipynb #d0db46fb
 def timed_step(sb: StepBench) -> tuple[float, float, dict, dict]:
     "(wall s, process CPU s, seconds per piece, metrics) of one iteration, synchronising CUDA at the end."
     timer = StepTimer(sb.device)
@@ -102,6 +108,7 @@ def peak_rss_gib() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2**30 if sys.platform == "darwin" else r / 2**20  # bytes on macOS, KiB on Linux
 
+# %% ../../nbs/82_bench.step.ipynb #86523b8c
 def run_bench(sb: StepBench, warmup: int = 2, iters: int = 5, log=print) -> dict:
     "Time `warmup` + `iters` iterations; medians of the timed ones, per piece too."
     cuda = sb.device.type == "cuda"
@@ -149,6 +156,7 @@ def gemm_profile(sb: StepBench) -> dict:
         gflop += e.count * _gemm_gflop(e.key, e.input_shapes)
     return dict(profiled_s=wall, gemm_s=secs, gemm_gflop=gflop, gemm_gflops=gflop / secs if secs else 0.0)
 
+# %% ../../nbs/82_bench.step.ipynb #991a0298
 def gemm_peak_gflops(n: int = 1536, # matrix size (n×n×n fp32 product)
                      reps: int = 5) -> float:
     "This CPU's best fp32 matrix-product rate (GFLOP/s) over `reps` timed calls, with the current torch thread count."
@@ -170,6 +178,7 @@ def describe(sb: StepBench, mode: str, threads: int | None) -> dict:
                 teacher=c.teacher.path, precision=prec, device=dev, mode=mode, fast_paths=fast_paths_on(sb.model),
                 torch=torch.__version__)
 
+# %% ../../nbs/82_bench.step.ipynb #ef15b76f
 def format_report(info: dict, res: dict) -> str:
     "A short text table of one benchmark run."
     lines = [f"deo bench step: {info['arch']} (window {info['window']}, drop-path {info['drop_path']}), {info['images']} images, "
@@ -188,39 +197,15 @@ def format_report(info: dict, res: dict) -> str:
                      f"-> the products alone need at least {g['floor_s']:.3f} s per iteration")
     return "\n".join(lines)
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deo bench step", description="Time one DEO training iteration (the reference's work) piece by piece.")
-    p.add_argument("--arch", default="swin_t", choices=ARCHS, help="student architecture")
-    p.add_argument("--images", type=int, default=2, help="images per iteration")
-    p.add_argument("--global-size", type=int, default=224, help="global crop size (2 per image)")
-    p.add_argument("--local-size", type=int, default=96, help="local crop size")
-    p.add_argument("--n-local", type=int, default=10, help="local crops per image")
-    p.add_argument("--window", type=int, default=7, help="Swin window (7 = torchvision's default, the reference's build)")
-    p.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default: torchvision's for Swin, 0.1 for ViT)")
-    p.add_argument("--teacher", default="vit_base_patch16_dinov3", help="timm name of the random-weight optical teacher")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (auto: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the student and EMA trunks")
-    p.add_argument("--impl", default="auto", choices=("auto", "torch", "triton"), help="stem / DINO-loss kernels (auto: Triton on CUDA)")
-    p.add_argument("--straightforward", action="store_true", help="the plain path: torchvision blocks, eager stem, torch losses, no compile")
-    p.add_argument("--unbatched", action="store_true", help="one trunk call per crop (to measure the batching of same-size crops)")
-    p.add_argument("--channels-last", action="store_true", help="crops in channels-last memory format")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads on CPU (the reference used 2; 0 = leave as is)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations")
-    p.add_argument("--iters", type=int, default=5, help="timed iterations (median reported)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="further config overrides, e.g. loss.head_hidden=1024")
-    p.add_argument("--profile", action="store_true", help="CPU: one more, profiled iteration: time and GFLOP in matrix products, and the floor they set")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
-    return p
-
+# %% ../../nbs/82_bench.step.ipynb #af48e18f
 def cli_main(argv: list[str] | None = None) -> int:
     "Entry point of `deo bench step`."
     a = parser().parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if a.profile and device.type != "cpu": parser().error(f"--profile counts CPU matrix products; this run is on {device}")
     if device.type == "cpu" and a.threads: torch.set_num_threads(a.threads)
-    cfg = bench_config(a.arch, a.images, a.global_size, a.local_size, a.n_local, a.window, a.drop_path, a.teacher, a.dtype, parse_overrides(a.set))
+    try: cfg = bench_config(a.arch, a.images, a.global_size, a.local_size, a.n_local, a.window, a.drop_path, a.teacher, a.dtype, parse_overrides(a.set))
+    except ConfigError as e: print(f"deo bench step: error: {e}", file=sys.stderr); return 1  # a bad --set: one line, no traceback
     mode = "straightforward" if a.straightforward else "optimised" + (" + compile" if a.compile else "")
     sb = StepBench(cfg, device, a.straightforward, a.impl, a.compile, a.unbatched, a.channels_last, a.seed)
     flags = (", unbatched" if a.unbatched else "") + (", channels-last" if a.channels_last else "")
@@ -233,6 +218,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     print(format_report(info, res))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        # which fused paths fell back to torch (impl='auto' warns once per reason), so the JSON says what ran
+        info["fallbacks"] = sorted(f"{op}: {why}" for op, why in getattr(core, "_warned", ()))
         Path(a.json).write_text(json.dumps({**info, **res, "argv": list(argv) if argv is not None else sys.argv[1:]}, indent=1))
         print(f"wrote {a.json}")
     return 0

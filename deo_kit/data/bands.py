@@ -100,7 +100,8 @@ BAND_SETS = {s.name: s for s in [
 ]}
 
 LAYOUTS = {s.name: s for s in [
-    _set("eurosat-ms", "sentinel-2", ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]),
+    _set("eurosat-ms", "sentinel-2", ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11",
+                                      "B12", "B8A"]),
     _set("s2-13", "sentinel-2", SENTINEL2),
     _set("s2-12", "sentinel-2", [b for b in SENTINEL2 if b != "B10"]),
     _set("s2-10-deo", "sentinel-2", BAND_SETS["s2-10-deo"].bands),
@@ -118,8 +119,10 @@ def get_band_set(spec, # a registered name ('s2-10-deo'), a comma-separated list
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     return BandSet("custom", canonical_sensor(sensor), normalize_bands(names, sensor))
 
+# %% ../../nbs/02_data.bands.ipynb #6e6dc2a8
 def get_layout(spec, sensor: str = "sentinel-2") -> BandSet:
-    "Resolve a file-layout spec: a layout name, a band-set name (a file may hold exactly a band set) or a list of names."
+    ("Resolve a file-layout spec: a layout name, a band-set name (a file may hold exactly a band set) or a list of "
+     "names.")
     return get_band_set(spec, sensor, registry={**BAND_SETS, **LAYOUTS})
 
 # %% ../../nbs/02_data.bands.ipynb #f010878e

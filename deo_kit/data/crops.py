@@ -5,79 +5,31 @@
 # %% ../../nbs/05_data.crops.ipynb #6fabdc20
 from __future__ import annotations
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
+from ..config import CropsConfig
 from .bands import BandSet, rgb_indices
 
 # %% auto #0
-__all__ = ['FMOW_RGB_MEAN', 'FMOW_RGB_STD', 'MultiCropConfig', 'CropParams', 'crop_params', 'apply_geometry', 'color_jitter',
+__all__ = ['SOLARIZE_RULES', 'MultiCropConfig', 'CropParams', 'crop_params', 'apply_geometry', 'color_jitter', 'random_solarize',
            'rgb_photometric', 'Crops', 'MultiCrop', 'collate_crops', 'MultiCropDataset']
 
 # %% ../../nbs/05_data.crops.ipynb #9d7ba3f2
-FMOW_RGB_MEAN = (0.41820, 0.42148, 0.39913) # the reference's RGB statistics on [0, 1] (per-crop-max scaled fMoW)
-FMOW_RGB_STD = (0.28774, 0.27542, 0.27640)
+from .norm import FMOW_RGB_MEAN, FMOW_RGB_STD  # defined with the normalisation object
 
-@dataclass
-class MultiCropConfig:
-    "Multi-crop geometry and the RGB photometric schedule; defaults are the DEO reference's."
-    global_size: int = 224
-    local_size: int = 96
-    n_global: int = 2
-    n_local: int = 10
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip_p: float = 0.5
-    interpolation: str = "bicubic"  # "bicubic" (reference) or "bilinear"
-    rgb_aug: bool = True            # False: no photometric ops at all (the ablation without optical augmentations)
-    rgb_scale: float | None = None  # None: RGB / the crop's RGB max (reference); a number: RGB / rgb_scale, clipped
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1) # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8
-    grey_p: float = 0.2
-    blur_kernel: int = 23
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    global_blur_p: tuple[float, ...] = (1.0, 0.1)  # per global crop (cycled when n_global > 2)
-    global_solarize_p: tuple[float, ...] = (0.0, 0.2)
-    local_blur_p: float = 0.5
-    local_solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
+SOLARIZE_RULES = ("fixed", "reference")
 
-    @property
-    def n_crops(self) -> int: return self.n_global + self.n_local
-
-    def validate(self, patch_size: int | None = None # the student's patch size (or total stride); crop sizes must be multiples
-                ) -> "MultiCropConfig":
-        "Raise a ValueError naming the first inconsistent setting; return self."
-        if self.global_size <= 0 or self.local_size <= 0: raise ValueError("crop sizes must be positive")
-        if self.n_global < 1 or self.n_local < 0: raise ValueError(f"need n_global >= 1 and n_local >= 0, got {self.n_global}, {self.n_local}")
-        if self.n_local and self.local_size > self.global_size:
-            raise ValueError(f"local_size {self.local_size} is bigger than global_size {self.global_size}")
-        for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi: raise ValueError(f"{name} must satisfy 0 < min <= max, got {(lo, hi)}")
-        for name in ("global_scale", "local_scale"):
-            if getattr(self, name)[1] > 1: raise ValueError(f"{name} max must be <= 1, got {getattr(self, name)}")
-        probs = [self.hflip_p, self.jitter_p, self.grey_p, self.local_blur_p, self.local_solarize_p,
-                 *self.global_blur_p, *self.global_solarize_p]
-        if not all(0 <= p <= 1 for p in probs): raise ValueError(f"probabilities must lie in [0, 1], got {probs}")
-        if self.interpolation not in ("bicubic", "bilinear"): raise ValueError(f"interpolation must be bicubic or bilinear, got {self.interpolation!r}")
-        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0: raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
-        if self.rgb_scale is not None and self.rgb_scale <= 0: raise ValueError(f"rgb_scale must be positive or None, got {self.rgb_scale}")
-        if patch_size is not None:
-            bad = {n: s for n, s in (("global_size", self.global_size), ("local_size", self.local_size))
-                   if s % patch_size and (n == "global_size" or self.n_local)}
-            if bad: raise ValueError(f"crop sizes {bad} are not multiples of the patch size {patch_size}")
-        return self
+MultiCropConfig = CropsConfig # one crops config: fields, one-line docs and rules live in `deo_kit.config`
 
 # %% ../../nbs/05_data.crops.ipynb #15c57a04
 class CropParams(NamedTuple):
     "A crop box in input pixels and whether to flip it horizontally."
     top: int; left: int; height: int; width: int; flip: bool
 
+# %% ../../nbs/05_data.crops.ipynb #5cc6e9bf
 def _u(lo, hi, g): return lo + (hi - lo) * torch.rand((), generator=g).item()
 def _bern(p, g): return p > 0 and torch.rand((), generator=g).item() < p
 
@@ -92,12 +44,14 @@ def crop_params(H: int, W: int, # input height and width
         r = math.exp(_u(math.log(ratio[0]), math.log(ratio[1]), generator))
         w, h = round(math.sqrt(a * r)), round(math.sqrt(a / r))
         if 0 < w <= W and 0 < h <= H:
-            i = int(torch.randint(0, H - h + 1, (), generator=generator)); j = int(torch.randint(0, W - w + 1, (), generator=generator))
+            i = int(torch.randint(0, H - h + 1, (), generator=generator))
+            j = int(torch.randint(0, W - w + 1, (), generator=generator))
             return CropParams(i, j, h, w, _bern(hflip_p, generator))
     r0 = W / H  # fallback: the largest central box within the ratio range
     w, h = (W, round(W / ratio[0])) if r0 < ratio[0] else (round(H * ratio[1]), H) if r0 > ratio[1] else (W, H)
     return CropParams((H - h) // 2, (W - w) // 2, h, w, _bern(hflip_p, generator))
 
+# %% ../../nbs/05_data.crops.ipynb #525d68aa
 def apply_geometry(x: torch.Tensor, # `C H W`, every band
                    p: CropParams, size: int, interpolation: str = "bicubic") -> torch.Tensor:
     "Crop, resize to `size`×`size` and flip all bands with the same geometry; `C size size`."
@@ -118,6 +72,19 @@ def color_jitter(rgb: torch.Tensor, # `3 h w` in [0, 1]
         rgb = fn(rgb, _u(lo, hi, generator))
     return rgb.clamp(0, 1)
 
+# %% ../../nbs/05_data.crops.ipynb #75e5a3a5
+def random_solarize(rgb: torch.Tensor, # `3 h w` in [0, 1]
+                    thresholds: tuple[float, float] = (0.0,
+                                                       1.0), # Kornia's `thresholds=0.5` means U(0.5 − 0.5, 0.5 + 0.5)
+                    additions: tuple[float, float] = (-0.1, 0.1), # Kornia's default `additions=0.1`: U(−0.1, 0.1)
+                    generator=None) -> torch.Tensor:
+    ("Kornia's RandomSolarize as DEO applies it: x' = clamp(x + a, 0, 1); x' where x' < t, else 1 − x' (t, a drawn per "
+     "image).")
+    t, a = _u(*thresholds, generator), _u(*additions, generator)
+    x = (rgb + a).clamp(0, 1)
+    return torch.where(x < t, x, 1 - x)
+
+# %% ../../nbs/05_data.crops.ipynb #0adb7cca
 def rgb_photometric(rgb: torch.Tensor, # `3 h w` in [0, 1]
                     cfg: MultiCropConfig, blur_p: float, solarize_p: float, generator=None) -> torch.Tensor:
     "Jitter (p cfg.jitter_p), greyscale (p cfg.grey_p), blur (p blur_p), solarise (p solarize_p)."
@@ -127,7 +94,9 @@ def rgb_photometric(rgb: torch.Tensor, # `3 h w` in [0, 1]
         k = min(cfg.blur_kernel, 2 * min(rgb.shape[-2:]) - 1) | 1  # reflect padding needs k//2 < size
         s = _u(*cfg.blur_sigma, generator)
         rgb = TF.gaussian_blur(rgb, [k, k], [s, s])
-    if _bern(solarize_p, generator): rgb = TF.solarize(rgb, cfg.solarize_threshold)
+    if _bern(solarize_p, generator):
+        rgb = random_solarize(rgb, generator=generator) if cfg.solarize == "reference" else TF.solarize(rgb,
+            cfg.solarize_threshold)
     return rgb.clamp(0, 1)  # greyscale and blur weights sum to 1 only up to rounding
 
 # %% ../../nbs/05_data.crops.ipynb #31ff0cd1
@@ -154,8 +123,15 @@ class MultiCrop:
                  mean=None, std=None,      # per-band statistics in input units, length C; None: no normalisation
                  rgb_mean=None, rgb_std=None, # RGB statistics on [0, 1]; default below
                  hr_scale: float | None = 255.0, # a high-res RGB's scale to [0, 1] (255 for 8-bit); None: per-crop max
-                 hr_mean=FMOW_RGB_MEAN, hr_std=FMOW_RGB_STD): # normalisation of high-res RGB on [0, 1]
+                 hr_mean=FMOW_RGB_MEAN, hr_std=FMOW_RGB_STD, # normalisation of high-res RGB on [0, 1]
+                 norm=None): # a `data.norm.Normalisation`: RGB positions, statistics and RGB rule from it (the model's)
         self.cfg = config.validate()
+        if norm is not None:
+            if norm.rgb_rule == "clip" and norm.rgb_scale != self.cfg.rgb_scale:
+                raise ValueError(f"crops.rgb_scale {self.cfg.rgb_scale} differs from the normalisation's "
+                                 f"{norm.rgb_scale}")
+            rgb_idx, mean, std, rgb_mean, rgb_std = norm.rgb_idx, norm.mean, norm.std, norm.rgb_mean, norm.rgb_std
+        self.norm = norm
         if isinstance(rgb_idx, BandSet): rgb_idx = rgb_indices(rgb_idx)
         if rgb_idx is None or len(rgb_idx) != 3 or len(set(rgb_idx)) != 3:
             raise ValueError(f"rgb_idx must give the 3 distinct positions of R, G, B among the bands, got {rgb_idx!r}: "
@@ -164,7 +140,8 @@ class MultiCrop:
         if (mean is None) != (std is None): raise ValueError("give both mean and std, or neither")
         if rgb_mean is None and mean is not None:  # derive from the band statistics when the RGB scale is fixed
             s = self.cfg.rgb_scale
-            rgb_mean, rgb_std = ((_vec(mean, len(mean), "mean")[self.rgb_idx] / s, _vec(std, len(std), "std")[self.rgb_idx] / s)
+            rgb_mean, rgb_std = ((_vec(mean, len(mean), "mean")[self.rgb_idx] / s, _vec(std, len(std),
+                                                                                        "std")[self.rgb_idx] / s)
                                  if s is not None else (FMOW_RGB_MEAN, FMOW_RGB_STD))
         self.mean, self.std = mean, std
         self.rgb_mean = None if rgb_mean is None else _vec(rgb_mean, 3, "rgb_mean")
@@ -180,7 +157,8 @@ class MultiCrop:
     def schedule(self, k: int) -> tuple[float, float]:
         "(blur p, solarise p) of crop k."
         c = self.cfg
-        if k < c.n_global: return c.global_blur_p[k % len(c.global_blur_p)], c.global_solarize_p[k % len(c.global_solarize_p)]
+        if k < c.n_global:
+            return c.global_blur_p[k % len(c.global_blur_p)], c.global_solarize_p[k % len(c.global_solarize_p)]
         return c.local_blur_p, c.local_solarize_p
 
     def __repr__(self): return f"MultiCrop({self.cfg}, rgb_idx={self.rgb_idx})"
@@ -190,11 +168,15 @@ def _crop_one(self: MultiCrop, x, hr, p, size, k, norm, generator):
     "One crop: shared geometry, RGB to [0, 1] (+ photometric), normalisation. Returns (crop, rgb01)."
     c, ri = self.cfg, self.rgb_idx
     geo = apply_geometry(x, p, size, c.interpolation)  # C s s
-    if hr is None: rgb, rgb_mean, rgb_std = _to_unit(geo[ri], c.rgb_scale), self.rgb_mean, self.rgb_std
+    if hr is None:
+        rgb, rgb_mean, rgb_std = (self.norm.rgb_unit(geo[ri]) if self.norm is not None else _to_unit(geo[ri],
+            c.rgb_scale)), self.rgb_mean, self.rgb_std
     else:
         sy, sx = hr.shape[-2] / x.shape[-2], hr.shape[-1] / x.shape[-1]
-        hp = CropParams(round(p.top * sy), round(p.left * sx), max(1, round(p.height * sy)), max(1, round(p.width * sx)), p.flip)
-        rgb, rgb_mean, rgb_std = _to_unit(apply_geometry(hr, hp, size, c.interpolation), self.hr_scale), self.hr_mean, self.hr_std
+        hp = CropParams(round(p.top * sy), round(p.left * sx), max(1, round(p.height * sy)), max(1,
+            round(p.width * sx)), p.flip)
+        rgb, rgb_mean, rgb_std = _to_unit(apply_geometry(hr, hp, size, c.interpolation),
+                                          self.hr_scale), self.hr_mean, self.hr_std
     if c.rgb_aug: rgb = rgb_photometric(rgb, c, *self.schedule(k), generator=generator)
     out = geo.clone()
     out[ri] = rgb
@@ -212,9 +194,11 @@ def _call(self: MultiCrop, x, # `C H W` raw reflectance (float; numpy arrays are
     if x.ndim != 3: raise ValueError(f"expected one image C H W, got shape {tuple(x.shape)}")
     C, H, W = x.shape
     if max(self.rgb_idx) >= C: raise ValueError(f"rgb_idx {self.rgb_idx} out of range for {C} bands")
-    if not torch.isfinite(x).all(): raise ValueError("the image holds NaN/Inf (nodata): skip such windows before cropping")
+    if not torch.isfinite(x).all():
+        raise ValueError("the image holds NaN/Inf (nodata): skip such windows before cropping")
     hr = None if hr_rgb is None else torch.as_tensor(hr_rgb, dtype=torch.float32)
-    if hr is not None and (hr.ndim != 3 or hr.shape[0] != 3): raise ValueError(f"hr_rgb must be 3 H W, got {tuple(hr.shape)}")
+    if hr is not None and (hr.ndim != 3 or hr.shape[0] != 3):
+        raise ValueError(f"hr_rgb must be 3 H W, got {tuple(hr.shape)}")
     norm = None if self.mean is None else (_vec(self.mean, C, "mean"), _vec(self.std, C, "std"))
     params = self.sample_params(H, W, generator)
     crops, teacher = [], []
@@ -236,21 +220,27 @@ def collate_crops(samples: list[Crops]) -> Crops:
 
 # %% ../../nbs/05_data.crops.ipynb #2c9f6255
 class MultiCropDataset(torch.utils.data.Dataset):
-    "Random windows of a scene (or of a list of images), multi-cropped; nodata and cloudy windows are skipped and counted."
+    ("Random windows of a scene (or of a list of images), multi-cropped; nodata and cloudy windows are skipped and "
+     "counted.")
     def __init__(self, source,                # `C H W` tensor/array, or a list of them (shapes may differ)
                  multicrop: MultiCrop,
                  window: tuple[float, float] = (1.0, 1.5), # window edge as a multiple of global_size
                  length: int | None = None,   # samples per epoch; default: len(list), or scene area / window area
                  max_tries: int = 100,        # rejected windows tolerated per sample before giving up
-                 cloud_filter=None):          # a `data.masks.CloudFilter` whose masks align with the sources (None = no filter)
+                 cloud_filter=None,           # a `data.masks.CloudFilter` on the sources' grid (None = no filter)
+                 hr_rgb=None):                # per source, a co-registered high-res RGB `3 H' W'` (or None)
         many = isinstance(source, (list, tuple))
         self.items = [torch.as_tensor(np.asarray(s) if not isinstance(s, torch.Tensor) else s, dtype=torch.float32)
                       for s in (source if many else [source])]
         if not self.items or any(t.ndim != 3 for t in self.items): raise ValueError("source must be C H W images")
         if cloud_filter is not None: _check_masks(cloud_filter.masks, self.items)
+        self.hr = None if hr_rgb is None else list(hr_rgb) if many else [hr_rgb]
+        if self.hr is not None and len(self.hr) != len(self.items):
+            raise ValueError(f"hr_rgb has {len(self.hr)} images for {len(self.items)} sources")
         self.mc, self.window, self.max_tries, self.cloud_filter = multicrop, window, max_tries, cloud_filter
         g = multicrop.cfg.global_size * window[0]
-        self.length = length or (len(self.items) if many else max(1, int(self.items[0].shape[1] * self.items[0].shape[2] // (g * g))))
+        self.length = length or (len(self.items) if many else max(1,
+            int(self.items[0].shape[1] * self.items[0].shape[2] // (g * g))))
         self._skipped = torch.zeros(2, dtype=torch.int64).share_memory_()  # nodata, cloudy
 
     def __len__(self): return self.length
@@ -271,6 +261,13 @@ class MultiCropDataset(torch.utils.data.Dataset):
         h, w = min(s, H), min(s, W)
         return int(torch.randint(0, H - h + 1, ())), int(torch.randint(0, W - w + 1, ())), h, w
 
+    def _hr_window(self, k, i, j, h, w):
+        "The high-res RGB over window (i, j, h, w) of source k: the same footprint on its own grid (None without one)."
+        if self.hr is None or self.hr[k] is None: return None
+        hr, (_, H, W) = self.hr[k], self.items[k].shape
+        sy, sx = hr.shape[-2] / H, hr.shape[-1] / W
+        return hr[:, round(i * sy):round((i + h) * sy), round(j * sx):round((j + w) * sx)]
+
     def __getitem__(self, idx: int) -> Crops:
         k = idx % len(self.items)
         for _ in range(self.max_tries):
@@ -278,13 +275,16 @@ class MultiCropDataset(torch.utils.data.Dataset):
             win = self.items[k][:, i:i + h, j:j + w]
             if not torch.isfinite(win).all(): self._skipped[0] += 1
             elif self.cloud_filter is not None and not self.cloud_filter(k, i, j, h, w): self._skipped[1] += 1
-            else: return self.mc(win)
+            else: return self.mc(win, hr_rgb=self._hr_window(k, i, j, h, w))
             k = int(torch.randint(0, len(self.items), ()))
-        raise RuntimeError(f"{self.max_tries} windows in a row were rejected; {self.n_skipped} held nodata (NaN/Inf) and "
+        raise RuntimeError(f"{self.max_tries} windows in a row were rejected; {self.n_skipped} held nodata (NaN/Inf) "
+                           "and "
                            f"{self.n_cloudy} were too cloudy so far")
 
 def _check_masks(masks, items):
     if len(masks) != len(items): raise ValueError(f"cloud_filter has {len(masks)} masks for {len(items)} sources")
     for k, (m, t) in enumerate(zip(masks, items)):
         if m is not None and tuple(m.shape) != tuple(t.shape[1:]):
-            raise ValueError(f"source {k}: its cloud mask is {tuple(m.shape)} but the image is {tuple(t.shape[1:])}; put the mask on the image grid first (data.masks.mask_on_grid)")
+            raise ValueError(f"source {k}: its cloud mask is {tuple(m.shape)} but the image is {tuple(t.shape[1:])}; "
+                             "put the mask on the image grid first (data.masks.mask_on_grid)")
+

@@ -12,23 +12,27 @@ from .bands import get_band_set, get_layout
 from .io import RASTER_SUFFIXES, open_band_files, open_raster
 
 # %% auto #0
-__all__ = ['find_class_files', 'ClassFolderDataset', 'BigEarthNetDataset']
+__all__ = ['SAMPLE_DATA_NAMES', 'find_class_files', 'ClassFolderDataset', 'eurosat_sample_path', 'sample_eurosat',
+           'resolve_data_name', 'BigEarthNetDataset']
 
 # %% ../../nbs/04a_data.datasets.ipynb #7ed8357c
 def find_class_files(root, # dataset root holding one folder per class
-                     split: str | None = None # a sub-folder such as 'train' or 'test'; None = root itself, or every split
+                     split: str | None = None # a sub-folder such as 'train'; None = the root itself, or every split
                     ) -> tuple[list[str], list[Path], list[int]]:
-    "Classes, files and integer labels of a class-folder dataset (all splits merged when `split` is None and root has only splits)."
+    ("Classes, files and integer labels of a class-folder dataset (all splits merged when `split` is None and root has "
+     "only splits).")
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: no such dataset folder")
     bases = [root / split] if split else _split_dirs(root) or [root]
     for b in bases:
         if not b.is_dir(): raise FileNotFoundError(f"{b}: no such split folder")
     classes = sorted({d.name for b in bases for d in b.iterdir() if d.is_dir()})
-    if len(classes) < 2: raise ValueError(f"{root}: a classification dataset needs at least two class folders, found {classes}")
+    if len(classes) < 2:
+        raise ValueError(f"{root}: a classification dataset needs at least two class folders, found {classes}")
     files, labels = [], []
     for i, c in enumerate(classes):
-        found = sorted(f for b in bases if (b / c).is_dir() for f in (b / c).iterdir() if f.suffix.lower() in RASTER_SUFFIXES)
+        found = sorted(f for b in bases if (b / c).is_dir() for f in (b / c).iterdir()
+                       if f.suffix.lower() in RASTER_SUFFIXES)
         if not found: raise ValueError(f"{root}: class folder {c!r} holds no images")
         files += found; labels += [i] * len(found)
     return classes, files, labels
@@ -56,6 +60,27 @@ class ClassFolderDataset(Dataset):
     def __getitem__(self, i):
         return torch.from_numpy(self.read(i).values), self.labels[i]
 
+# %% ../../nbs/04a_data.datasets.ipynb #dfa21dc2
+SAMPLE_DATA_NAMES = ("eurosat-sample",)
+
+def eurosat_sample_path() -> Path:
+    ("Folder of the packaged EuroSAT-MS sample (`train/<Class>/*.tif`, `test/<Class>/*.tif`, 13 bands, `eurosat-ms` "
+     "layout).")
+    import deo_kit
+    return Path(deo_kit.__file__).resolve().parent / "assets" / "eurosat_sample"
+
+# %% ../../nbs/04a_data.datasets.ipynb #3b4b36da
+def sample_eurosat(split: str | None = None, # 'train' (80 patches), 'test' (20) or None (all 100)
+                   bands=None # band set the samples follow (default: all 13, in file order)
+                  ) -> ClassFolderDataset:
+    "The packaged EuroSAT-MS sample (10 classes × 10 real patches) as a `ClassFolderDataset`."
+    return ClassFolderDataset(eurosat_sample_path(), layout="eurosat-ms", bands=bands, split=split)
+
+# %% ../../nbs/04a_data.datasets.ipynb #a9dc3894
+def resolve_data_name(src):
+    "A packaged data name ('eurosat-sample') → its folder; any other source unchanged."
+    return eurosat_sample_path() if isinstance(src, str) and src == "eurosat-sample" else src
+
 # %% ../../nbs/04a_data.datasets.ipynb #250755c0
 class BigEarthNetDataset(Dataset):
     "BigEarthNet-S2 patch folders; items are (float32 tensor C×120×120 in `bands` order, multi-hot label vector)."
@@ -63,8 +88,10 @@ class BigEarthNetDataset(Dataset):
                  bands="s2-12", # band set (BigEarthNet-S2 is L2A: no B10)
                  label_names: list[str] | None = None): # fixed label vocabulary (default: sorted labels found)
         self.root = Path(root)
-        self.patches = sorted(d for d in self.root.iterdir() if d.is_dir() and any(d.glob("*_labels_metadata.json"))) if self.root.is_dir() else []
-        if not self.patches: raise FileNotFoundError(f"{root}: no BigEarthNet patch folders (with *_labels_metadata.json)")
+        self.patches = sorted(d for d in self.root.iterdir() if d.is_dir()
+                              and any(d.glob("*_labels_metadata.json"))) if self.root.is_dir() else []
+        if not self.patches:
+            raise FileNotFoundError(f"{root}: no BigEarthNet patch folders (with *_labels_metadata.json)")
         self.bands = get_band_set(bands).bands
         self.labels = [self._labels(p) for p in self.patches]
         self.label_names = label_names or sorted({l for ls in self.labels for l in ls})

@@ -8,13 +8,7 @@ import math, re, warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 import numpy as np
-import rasterio
-import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
-from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
-from rasterio.warp import reproject
-from rasterio.windows import Window
 from .bands import SENSORS, canonical_sensor, get_layout, normalize_band, normalize_bands
 
 # %% auto #0
@@ -27,21 +21,33 @@ __all__ = ['RASTER_SUFFIXES', 'FILL_RULES', 'RasterReadError', 'BandError', 'to_
 class RasterReadError(OSError):
     "A file that is missing, truncated, corrupt or not a raster."
 
+# %% ../../nbs/03_data.io.ipynb #1f698b9b
 class BandError(KeyError):
     "A band that is asked for but not present; the message lists the available ones."
     def __str__(self): return str(self.args[0])
+
+def _rio():
+    ("rasterio, with rioxarray's `.rio` accessor registered, imported on first use: importing this module (and the "
+     "training step, and the GPU check) needs no raster stack.")
+    import rasterio, rasterio.enums, rasterio.errors, rasterio.warp, rasterio.windows
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    return rasterio
 
 def _open(path):
     "Open `path` with rasterio, turning failures into an error that names the file."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
-    try: return rasterio.open(path)
-    except RasterioError as e: raise RasterReadError(f"{path}: not a readable raster ({e})") from e
+    rio = _rio()
+    try: return rio.open(path)
+    except rio.errors.RasterioError as e: raise RasterReadError(f"{path}: not a readable raster ({e})") from e
 
 def _read(ds, window=None, indexes=None):
     "Read pixels, naming the file when the data is truncated or corrupt."
     try: return ds.read(indexes, window=window, out_dtype="float32")
-    except RasterioError as e: raise RasterReadError(f"{ds.name}: could not read pixel data, the file may be truncated or corrupt ({e})") from e
+    except _rio().errors.RasterioError as e:
+        raise RasterReadError(f"{ds.name}: could not read pixel data, the file may be truncated or corrupt "
+                              f"({e})") from e
+
 
 # %% ../../nbs/03_data.io.ipynb #e550c750
 def to_dataarray(values, bands, transform, crs, sensor, source, nodata_mask=None):
@@ -53,6 +59,7 @@ def to_dataarray(values, bands, transform, crs, sensor, source, nodata_mask=None
     ys = transform.f + transform.e * (np.arange(h) + 0.5)
     da = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": list(bands), "y": ys, "x": xs},
                       attrs={"sensor": sensor, "source": str(source)})
+    _rio()
     da = da.rio.write_crs(crs).rio.write_transform(transform).rio.write_nodata(np.nan, encoded=False)
     return da
 
@@ -77,16 +84,17 @@ def band_from_filename(path) -> str | None:
 
 # %% ../../nbs/03_data.io.ipynb #a49baf70
 def open_raster(path, # a GeoTIFF / COG
-                layout=None, # band order inside the file: a layout name, a list of names, or None to use band descriptions
+                layout=None, # band order in the file: a layout name, a list of names, or None (band descriptions)
                 sensor: str = "sentinel-2", # sensor whose band names apply
-                window: tuple[int, int, int, int] | None = None, # (row, col, height, width) to read only part of the file
+                window: tuple[int, int, int,
+                              int] | None = None, # (row, col, height, width) to read only part of the file
                 bands: Sequence[str] | None = None # keep only these bands, in this order (by name)
                ) -> xr.DataArray:
     "Read a multi-band raster into a named (band, y, x) DataArray; nodata pixels become NaN."
     sensor = canonical_sensor(sensor)
     with _open(path) as ds:
         names = _file_band_names(ds, layout, sensor)
-        win = Window(window[1], window[0], window[3], window[2]) if window else None
+        win = _rio().windows.Window(window[1], window[0], window[3], window[2]) if window else None
         if win is not None: _check_window(window, ds.height, ds.width, path)
         idx = [names.index(b) + 1 for b in _pick(names, bands, sensor, path)]
         values = _read(ds, win, idx)
@@ -105,7 +113,9 @@ def _pick(available, wanted, sensor, source):
 def _check_window(window, height, width, source):
     r, c, h, w = window
     if h <= 0 or w <= 0 or r < 0 or c < 0 or r + h > height or c + w > width:
-        raise ValueError(f"{source}: window (row={r}, col={c}, height={h}, width={w}) is outside the {height}×{width} raster")
+        raise ValueError(f"{source}: window (row={r}, col={c}, height={h}, width={w}) is outside the {height}×{width} "
+                         "raster")
+
 
 # %% ../../nbs/03_data.io.ipynb #d4224a6e
 def select_bands(da: xr.DataArray, # a named (band, y, x) array
@@ -113,7 +123,9 @@ def select_bands(da: xr.DataArray, # a named (band, y, x) array
                 ) -> xr.DataArray:
     "Pick and order bands by name; a missing band is an error listing the available ones."
     names = list(getattr(bands, "bands", bands))
-    return da.sel(band=_pick(list(da.band.values), names, da.attrs.get("sensor", "sentinel-2"), da.attrs.get("source", "array")))
+    return da.sel(band=_pick(list(da.band.values), names, da.attrs.get("sensor", "sentinel-2"), da.attrs.get("source",
+                                                                                                             "array")))
+
 
 # %% ../../nbs/03_data.io.ipynb #54186760
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
@@ -123,7 +135,8 @@ def _guess_sensor(files) -> str:
     toks = [band_from_filename(f) or "" for f in files]
     if "BQA" in toks or any(re.match(r"(?i)(l[c89o]|lt0|l8_|l9_)", Path(f).name) for f in files): return "landsat-8"
     if any(re.fullmatch(r"B(0\d|8A|12)", t) for t in toks): return "sentinel-2"
-    raise ValueError(f"cannot tell the sensor of {[Path(f).name for f in files][:4]}...; pass sensor='sentinel-2' or 'landsat-8'")
+    raise ValueError(f"cannot tell the sensor of {[Path(f).name for f in files][:4]}...; pass sensor='sentinel-2' or "
+                     "'landsat-8'")
 
 def band_files(folder, # a folder of single-band rasters named ..._<BAND>.tif
                sensor: str | None = None) -> tuple[str, dict[str, Path]]:
@@ -152,7 +165,7 @@ def reference_grid(files: dict, reference: str | None):
     elif reference not in info: raise BandError(f"reference band {reference!r} not among {list(info)}")
     return info[reference][:4]
 
-def _source_window(ds, transform, shape, margin: int = 2) -> Window | None:
+def _source_window(ds, transform, shape, margin: int = 2) -> "rasterio.windows.Window | None":
     "The part of `ds` under the target grid plus a margin of source pixels (for the resampling kernel), or None."
     h, w = shape
     inv = ~ds.transform
@@ -160,7 +173,7 @@ def _source_window(ds, transform, shape, margin: int = 2) -> Window | None:
     cols, rows = zip(*[inv * (x, y) for x in xs for y in ys])
     c0, r0 = max(0, math.floor(min(cols)) - margin), max(0, math.floor(min(rows)) - margin)
     c1, r1 = min(ds.width, math.ceil(max(cols)) + margin), min(ds.height, math.ceil(max(rows)) + margin)
-    return Window(c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
+    return _rio().windows.Window(c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
 
 def _resample_band(f, band, crs, transform, shape, resampling):
     "One band file warped onto the target grid, reading only the source pixels under it; uncovered pixels are NaN."
@@ -170,8 +183,10 @@ def _resample_band(f, band, crs, transform, shape, resampling):
         if win is None: return out
         src = _read(ds, win, 1)
         if ds.nodata is not None: src[src == ds.nodata] = np.nan
-        method = Resampling.nearest if band == "BQA" else Resampling[resampling]
-        reproject(src, out, src_transform=ds.window_transform(win), src_crs=ds.crs, dst_transform=transform, dst_crs=crs,
+        rio = _rio()
+        method = rio.enums.Resampling.nearest if band == "BQA" else rio.enums.Resampling[resampling]
+        rio.warp.reproject(src, out, src_transform=ds.window_transform(win), src_crs=ds.crs, dst_transform=transform,
+                           dst_crs=crs,
                   resampling=method, src_nodata=np.nan, dst_nodata=np.nan)
     return out
 
@@ -179,7 +194,7 @@ def _resample_band(f, band, crs, transform, shape, resampling):
 def _read_aligned(f, window, shape):
     "Read a band already on the reference grid, without resampling (exact values)."
     with _open(f) as ds:
-        win = Window(window[1], window[0], window[3], window[2]) if window else None
+        win = _rio().windows.Window(window[1], window[0], window[3], window[2]) if window else None
         v = _read(ds, win, 1)
         return np.where(v == ds.nodata, np.nan, v) if ds.nodata is not None else v
 
@@ -191,15 +206,22 @@ def open_band_files(folder, # folder of per-band files, or a {band: path} dict
                     window: tuple[int, int, int, int] | None = None # (row, col, height, width) on the target grid
                    ) -> xr.DataArray:
     "Stack per-band files onto one grid as a named (band, y, x) DataArray; only `window` is read."
-    if resampling not in ("bilinear", "nearest"): raise ValueError(f"resampling must be 'bilinear' or 'nearest', got {resampling!r}")
-    sensor, files = band_files(folder, sensor) if not isinstance(folder, dict) else (canonical_sensor(sensor or "sentinel-2"), folder)
+    if resampling not in ("bilinear", "nearest"):
+        raise ValueError(f"resampling must be 'bilinear' or 'nearest', got {resampling!r}")
+    sensor, files = band_files(folder, sensor) if not isinstance(folder,
+        dict) else (canonical_sensor(sensor or "sentinel-2"), folder)
     files = {b: files[b] for b in _pick(list(files), bands, sensor, folder)}
     crs, transform, h, w = reference_grid(files, reference)
-    if window: _check_window(window, h, w, folder); transform = transform @ transform.translation(window[1], window[0]); h, w = window[2:]
+    if window:
+        _check_window(window, h, w, folder); transform = transform @ transform.translation(window[1],
+                                                                                           window[0]); h, w = window[2:]
     planes = []
     for b, f in files.items():
-        with _open(f) as ds: aligned = ds.transform.a == transform.a and ds.transform.e == transform.e and _same_origin(ds, transform, window)
-        planes.append(_read_aligned(f, window, (h, w)) if aligned else _resample_band(f, b, crs, transform, (h, w), resampling))
+        with _open(f) as ds:
+            aligned = ds.transform.a == transform.a and ds.transform.e == transform.e and _same_origin(ds, transform,
+                                                                                                       window)
+        planes.append(_read_aligned(f, window, (h, w)) if aligned else _resample_band(f, b, crs, transform, (h, w),
+                                                                                      resampling))
     return to_dataarray(np.stack(planes), list(files), transform, crs, sensor, folder)
 
 def _same_origin(ds, transform, window):
@@ -220,6 +242,7 @@ def nodata_counts(da: xr.DataArray) -> dict[str, int]:
     "Number of NaN (nodata) pixels per band."
     return {str(b): int(n) for b, n in zip(da.band.values, np.isnan(da.values).sum(axis=(1, 2)))}
 
+# %% ../../nbs/03_data.io.ipynb #4a626d9e
 FILL_RULES = ("error", "mean", "zero")
 
 def fill_nodata(da: xr.DataArray, rule: str = "error") -> xr.DataArray:
@@ -228,9 +251,13 @@ def fill_nodata(da: xr.DataArray, rule: str = "error") -> xr.DataArray:
     bad = {b: n for b, n in nodata_counts(da).items() if n}
     if not bad: return da
     where = da.attrs.get("source", "array")
-    if rule == "error": raise ValueError(f"{where}: nodata/NaN pixels per band {bad}; choose a fill rule ('mean' or 'zero') or crop them away")
+    if rule == "error":
+        raise ValueError(f"{where}: nodata/NaN pixels per band {bad}; choose a fill rule ('mean' or 'zero') or crop "
+                         "them away")
     fill = da.mean(dim=("y", "x"), skipna=True) if rule == "mean" else 0.0
-    if rule == "mean" and bool(np.isnan(fill).any()): raise ValueError(f"{where}: band(s) {[b for b, f in zip(da.band.values, fill.values) if np.isnan(f)]} have no valid pixel")
+    if rule == "mean" and bool(np.isnan(fill).any()):
+        raise ValueError(f"{where}: band(s) {[b for b, f in zip(da.band.values, fill.values) if np.isnan(f)]} have no "
+                         "valid pixel")
     warnings.warn(f"{where}: filled nodata pixels per band {bad} with rule {rule!r}")
     return da.fillna(fill)
 
@@ -241,6 +268,7 @@ def raster_shape(path) -> tuple[int, int]:
     if path.is_dir(): return tuple(reference_grid(band_files(path)[1], None)[2:])
     with _open(path) as ds: return ds.height, ds.width
 
+# %% ../../nbs/03_data.io.ipynb #76eff2d9
 def tile_windows(height: int, width: int, size: int, # square tile edge in pixels
                  stride: int | None = None # step between tiles (default: size, no overlap)
                 ) -> list[tuple[int, int, int, int]]:
@@ -267,6 +295,7 @@ def demo_scene_path() -> Path:
     import deo_kit
     return Path(deo_kit.__file__).resolve().parent / "assets" / "s2_demo"
 
+# %% ../../nbs/03_data.io.ipynb #785fc72d
 def open_demo_scene(bands=None, # band names (default: all 13)
                     **kwargs) -> xr.DataArray:
     "The embedded demo scene stacked onto its 10 m grid: (13, 960, 960) float32 DN, no nodata."

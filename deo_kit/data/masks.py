@@ -9,11 +9,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Sequence
 import numpy as np
-import rasterio
 import xarray as xr
-from rasterio.enums import Resampling
-from rasterio.windows import Window
-from .io import to_dataarray
+from .io import _rio, to_dataarray  # rasterio on first use: importing this module needs no raster stack
 
 # %% auto #0
 __all__ = ['SCL_CLASSES', 'SCL_CLOUDY', 'CONFIDENCE', 'FILTER_MODES', 'S2_BAND_IDS', 'read_quality', 'same_grid',
@@ -28,8 +25,9 @@ def read_quality(path, # a single-band quality raster (SCL, QA60, MSK_CLDPRB, BQ
     "A quality band as stored, with its grid; nodata pixels become NaN."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such quality file")
-    with rasterio.open(path) as ds:
-        win = Window(window[1], window[0], window[3], window[2]) if window else None
+    rio = _rio()
+    with rio.open(path) as ds:
+        win = rio.windows.Window(window[1], window[0], window[3], window[2]) if window else None
         v = ds.read(1, window=win, out_dtype="float32")
         if ds.nodata is not None: v[v == ds.nodata] = np.nan
         t = ds.window_transform(win) if win else ds.transform
@@ -38,20 +36,29 @@ def read_quality(path, # a single-band quality raster (SCL, QA60, MSK_CLDPRB, BQ
 # %% ../../nbs/06_data.masks.ipynb #45c7e2b4
 def same_grid(a: xr.DataArray, b: xr.DataArray, tol: float = 1e-6) -> bool:
     "True when `a` and `b` share CRS, transform (within `tol` map units) and (y, x) shape."
+    _rio()
     ta, tb = a.rio.transform(), b.rio.transform()
     return (a.rio.crs == b.rio.crs and a.shape[-2:] == b.shape[-2:]
             and all(abs(x - y) <= tol for x, y in zip(ta[:6], tb[:6])))
 
+# %% ../../nbs/06_data.masks.ipynb #3bbaebe3
 def check_same_grid(mask: xr.DataArray, image: xr.DataArray):
     "Raise when `mask` is not on `image`'s grid, saying how they differ."
     if same_grid(mask, image): return
-    raise ValueError(f"mask {mask.attrs.get('source', '')} is on another grid than image {image.attrs.get('source', '')}: "
-                     f"CRS {mask.rio.crs} vs {image.rio.crs}, shape {tuple(mask.shape[-2:])} vs {tuple(image.shape[-2:])}, "
-                     f"transform {tuple(mask.rio.transform())[:6]} vs {tuple(image.rio.transform())[:6]}; resample it with mask_on_grid(mask, image)")
+    raise ValueError(f"mask {mask.attrs.get('source', '')} is on another grid than image "
+                     f"{image.attrs.get('source', '')}: "
+                     f"CRS {mask.rio.crs} vs {image.rio.crs}, shape {tuple(mask.shape[-2:])} vs "
+                     f"{tuple(image.shape[-2:])}, "
+                     f"transform {tuple(mask.rio.transform())[:6]} vs {tuple(image.rio.transform())[:6]}; resample it "
+                     "with mask_on_grid(mask, image)")
 
+
+# %% ../../nbs/06_data.masks.ipynb #3d3d7370
 def mask_on_grid(mask: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
     "Nearest-neighbour resampling of a mask (or quality layer) onto `like`'s grid; uncovered pixels are NaN."
-    out = mask.rio.write_nodata(np.nan, encoded=False).rio.reproject_match(like, resampling=Resampling.nearest, nodata=np.nan)
+    rio = _rio()
+    out = mask.rio.write_nodata(np.nan, encoded=False).rio.reproject_match(like,
+        resampling=rio.enums.Resampling.nearest, nodata=np.nan)
     return out.assign_attrs(source=mask.attrs.get("source", ""))
 
 # %% ../../nbs/06_data.masks.ipynb #f8937ed4
@@ -77,6 +84,7 @@ def scl_mask(scl, # SCL classes (array or DataArray)
     out[(v == 0) | np.isnan(v)] = np.nan
     return _like(scl, out)
 
+# %% ../../nbs/06_data.masks.ipynb #2106a71f
 def qa60_mask(qa, cirrus: bool = True):
     "Cloud mask from a Sentinel-2 QA60 layer: bit 10 opaque cloud, bit 11 cirrus (when `cirrus`)."
     v = _raw(qa); ok = np.isfinite(v); b = np.where(ok, v, 0).astype("int64")
@@ -84,19 +92,23 @@ def qa60_mask(qa, cirrus: bool = True):
     out[~ok] = np.nan
     return _like(qa, out)
 
+# %% ../../nbs/06_data.masks.ipynb #b1589a24
 def cloud_prob_mask(prob, threshold: float = 50.0):
     "Cloud mask from a cloud-probability layer (0–100 %): 1 above `threshold`."
     v = _raw(prob)
-    if np.nanmax(v, initial=0) > 100: raise ValueError(f"cloud probabilities must be 0–100 %, got values up to {np.nanmax(v):g}")
+    if np.nanmax(v, initial=0) > 100:
+        raise ValueError(f"cloud probabilities must be 0–100 %, got values up to {np.nanmax(v):g}")
     out = (v > threshold).astype("float32"); out[np.isnan(v)] = np.nan
     return _like(prob, out)
 
+# %% ../../nbs/06_data.masks.ipynb #fda5a906
 def bqa_mask(bqa, # Landsat-8 pre-collection BQA values
              confidence: str = "medium", # cloud confidence at or above which a pixel is cloudy
              cirrus: str | None = None): # also mask cirrus at or above this confidence
     "Cloud mask from a Landsat-8 pre-collection BQA layer (bits 14–15 cloud, 12–13 cirrus, 0 fill)."
     for c in (confidence, cirrus):
-        if c is not None and c not in CONFIDENCE: raise ValueError(f"confidence must be one of {list(CONFIDENCE)}, got {c!r}")
+        if c is not None and c not in CONFIDENCE: raise ValueError(f"confidence must be one of {list(CONFIDENCE)}, got "
+                                                                   f"{c!r}")
     v = _raw(bqa); ok = np.isfinite(v); b = np.where(ok, v, 0).astype("int64")
     out = ((b >> 14) & 3) >= CONFIDENCE[confidence]
     if cirrus: out |= ((b >> 12) & 3) >= CONFIDENCE[cirrus]
@@ -143,6 +155,7 @@ class CloudFilter:
         self.seen += 1; self.rejected += not keep
         return keep
 
+# %% ../../nbs/06_data.masks.ipynb #6d82f2e2
 def filter_windows(windows: Iterable[tuple[int, int, int, int]], # (row, col, height, width)
                    mask, max_fraction: float = 0.3) -> list[tuple[tuple[int, int, int, int], float]]:
     "The windows whose cloud fraction is at most `max_fraction`, with their fractions (for tiling)."
@@ -151,7 +164,8 @@ def filter_windows(windows: Iterable[tuple[int, int, int, int]], # (row, col, he
     return [(w, f) for w, f in out if f <= max_fraction]
 
 # %% ../../nbs/06_data.masks.ipynb #09e70079
-S2_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")  # metadata band_id order
+S2_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
+               "B12")  # metadata band_id order
 
 def _local(tag: str) -> str: return tag.rsplit("}", 1)[-1]
 
@@ -175,7 +189,8 @@ def read_s2_metadata(xml_path) -> dict:
         elif tag == "PROCESSING_BASELINE": baseline = (el.text or "").strip()
         elif tag == "PROCESSING_LEVEL": level = (el.text or "").strip()
         elif tag in ("RADIO_ADD_OFFSET", "BOA_ADD_OFFSET"): offsets[int(el.attrib["band_id"])] = float(el.text)
-    return {"baseline": baseline, "level": level, "offsets": {ids[i]: v for i, v in offsets.items()}, "source": str(xml_path)}
+    return {"baseline": baseline, "level": level, "offsets": {ids[i]: v for i, v in offsets.items()},
+            "source": str(xml_path)}
 
 def _baseline_number(b) -> float:
     try: return float(str(b).strip())
@@ -185,12 +200,14 @@ def _baseline_number(b) -> float:
 class OffsetUnknownError(ValueError):
     "The Sentinel-2 radiometric offset is neither stated nor in the product's metadata."
 
+# %% ../../nbs/06_data.masks.ipynb #d36519eb
 def s2_offsets(bands: Sequence[str], # the bands that will be read
                metadata=None, # a product metadata XML path, or a dict from read_s2_metadata
                offset: float | dict | None = None, # stated offset (DN), for all bands or per band; wins over metadata
                baseline: str | None = None # stated processing baseline, when there is no metadata
               ) -> dict[str, float]:
-    "Per-band additive DN offset: stated, else from metadata, else from the baseline (−1000 from 04.00 on); undeterminable → error."
+    ("Per-band additive DN offset: stated, else from metadata, else from the baseline (−1000 from 04.00 on); "
+     "undeterminable → error.")
     bands = list(bands)
     if offset is not None:
         per = offset if isinstance(offset, dict) else {b: float(offset) for b in bands}
@@ -204,9 +221,13 @@ def s2_offsets(bands: Sequence[str], # the bands that will be read
         return {b: md["offsets"][b] for b in bands}
     baseline = baseline or md.get("baseline")
     if baseline is not None: return {b: (-1000.0 if _baseline_number(baseline) >= 4.0 else 0.0) for b in bands}
-    raise OffsetUnknownError("cannot determine the Sentinel-2 radiometric offset: no product metadata with RADIO_ADD_OFFSET/BOA_ADD_OFFSET "
-                     "or PROCESSING_BASELINE; state it (offset=-1000 for baseline 04.00 or later, offset=0 before) or give baseline=")
+    raise OffsetUnknownError("cannot determine the Sentinel-2 radiometric offset: no product metadata with "
+                             "RADIO_ADD_OFFSET/BOA_ADD_OFFSET "
+                     "or PROCESSING_BASELINE; state it (offset=-1000 for baseline 04.00 or later, offset=0 before) or "
+                     "give baseline=")
 
+
+# %% ../../nbs/06_data.masks.ipynb #f748f765
 def apply_offset(da: xr.DataArray, offsets: dict[str, float]) -> xr.DataArray:
     "Add each band's offset (by name) to a (band, y, x) array of DNs; do this before normalising."
     names = [str(b) for b in da.band.values]
@@ -225,10 +246,12 @@ def write_s2_metadata(path, level: str = "Level-2A", baseline: str = "05.10", of
     ET.SubElement(info, "PROCESSING_BASELINE").text = baseline
     chars = ET.SubElement(root, "Product_Image_Characteristics")
     spec = ET.SubElement(chars, "Spectral_Information_List")
-    for i, b in enumerate(S2_BAND_IDS): ET.SubElement(spec, "Spectral_Information", bandId=str(i), physicalBand=b.replace("B0", "B"))
+    for i, b in enumerate(S2_BAND_IDS):
+        ET.SubElement(spec, "Spectral_Information", bandId=str(i), physicalBand=b.replace("B0", "B"))
     if offset is not None:
         lst = ET.SubElement(chars, "BOA_ADD_OFFSET_VALUES_LIST" if l2a else "Radiometric_Offset_List")
-        for i in range(len(S2_BAND_IDS)): ET.SubElement(lst, "BOA_ADD_OFFSET" if l2a else "RADIO_ADD_OFFSET", band_id=str(i)).text = str(int(offset))
+        for i in range(len(S2_BAND_IDS)):
+            ET.SubElement(lst, "BOA_ADD_OFFSET" if l2a else "RADIO_ADD_OFFSET", band_id=str(i)).text = str(int(offset))
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
     return path

@@ -12,6 +12,9 @@ import xarray as xr
 from .bands import BAND_SETS, SENSORS, canonical_sensor, normalize_band
 from .io import BandError, open_band_files, reference_grid
 from .masks import apply_offset, mask_on_grid, read_quality, s2_offsets, read_s2_metadata
+from .io import band_files, open_scene, raster_shape
+from .masks import bqa_mask, scl_mask, write_s2_metadata
+from ..core import atomic_write
 
 # %% auto #0
 __all__ = ['SAFE_BANDS', 'Product', 'safe_product', 'stac_product', 'is_product', 'as_product', 'read_product', 'product_shape',
@@ -54,19 +57,26 @@ def safe_product(safe) -> Product:
         found[name] = (res, f)
     bands = {b: found[b][1] for b in SAFE_BANDS[level] if b in found}
     quality = {"SCL": found["SCL"][1]} if "SCL" in found else {}
-    for f in sorted((_granule(safe) / "QI_DATA").glob("MSK_CLDPRB_20m.*")): quality["CLDPRB"] = f  # L2A cloud probability
+    for f in sorted((_granule(safe) / "QI_DATA").glob("MSK_CLDPRB_20m.*")):
+        quality["CLDPRB"] = f  # L2A cloud probability
     return Product(safe, "sentinel-2", level, bands, quality, read_s2_metadata(mtd[0]))
 
 # %% ../../nbs/07_data.products.ipynb #b16d7f44
-_COMMON = {"sentinel-2": {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06",
-                          "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11", "swir22": "B12"},
-           "landsat-8": {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "nir08": "B5", "swir16": "B6", "swir22": "B7",
+_COMMON = {"sentinel-2": {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
+                          "rededge2": "B06",
+                          "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10",
+                          "swir16": "B11", "swir22": "B12"},
+           "landsat-8": {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "nir08": "B5", "swir16": "B6",
+                         "swir22": "B7",
                          "pan": "B8", "cirrus": "B9", "lwir11": "B10", "lwir12": "B11"}}
-_QUALITY_KEYS = {"scl": "SCL", "qa60": "QA60", "cloud": "CLDPRB", "cldprb": "CLDPRB", "bqa": "BQA", "qa": "QA60"}  # Collection-2 QA_PIXEL has other bits: not mapped
+_QUALITY_KEYS = {"scl": "SCL", "qa60": "QA60", "cloud": "CLDPRB", "cldprb": "CLDPRB", "bqa": "BQA",
+                 "qa": "QA60"}  # Collection-2 QA_PIXEL has other bits: not mapped
 
 def _asset_band(key: str, asset: dict, sensor: str) -> str | None:
     "The band an asset holds, or None when it is not a band."
-    names = [b.get("name") for b in asset.get("eo:bands", [])[:1]] + [key] + [b.get("common_name") for b in asset.get("eo:bands", [])[:1]]
+    names = [b.get("name") for b in asset.get("eo:bands",
+                                              [])[:1]] + [key] + [b.get("common_name") for b in asset.get("eo:bands",
+                                                                                                          [])[:1]]
     for n in filter(None, names):
         if n.lower() in _COMMON[sensor]: return _COMMON[sensor][n.lower()]
         try: return normalize_band(n, sensor)
@@ -80,7 +90,8 @@ def _sensor_of(item: dict) -> str:
 
 def _local_href(item_path: Path, key: str, href: str) -> Path:
     if re.match(r"(?i)^(https?|s3|gs|az)://", href):
-        raise ValueError(f"{item_path}: asset {key!r} is remote ({href}); deo_kit reads local files only: download it and point the href at the file")
+        raise ValueError(f"{item_path}: asset {key!r} is remote ({href}); deo_kit reads local files only: download it "
+                         "and point the href at the file")
     p = Path(href[7:] if href.startswith("file://") else href)
     p = p if p.is_absolute() else item_path.parent / p
     if not p.is_file(): raise FileNotFoundError(f"{item_path}: asset {key!r} points at {p}, which does not exist")
@@ -95,7 +106,8 @@ def stac_product(item) -> Product:
         if not path.is_file(): raise FileNotFoundError(f"{path}: no such STAC item")
         try: d = json.loads(path.read_text())
         except ValueError as e: raise ValueError(f"{path}: not a JSON STAC item ({e})") from e
-    if d.get("type") != "Feature" or not isinstance(d.get("assets"), dict): raise ValueError(f"{path}: not a STAC item (a Feature with assets)")
+    if d.get("type") != "Feature" or not isinstance(d.get("assets"), dict):
+        raise ValueError(f"{path}: not a STAC item (a Feature with assets)")
     sensor, bands, quality = _sensor_of(d), {}, {}
     for key, a in d["assets"].items():
         href = a.get("href", "")
@@ -110,10 +122,12 @@ def stac_product(item) -> Product:
     if not bands: raise ValueError(f"{path}: no band assets found (keys or eo:bands names like B04 / red)")
     props = d.get("properties", {})
     md = {"baseline": props.get("s2:processing_baseline"), "source": str(path)}
-    offs = {b: _raster_offset(d["assets"][k]) for k in d["assets"] for b in [_asset_band(k, d["assets"][k], sensor)] if b in bands}
+    offs = {b: _raster_offset(d["assets"][k]) for k in d["assets"] for b in [_asset_band(k, d["assets"][k],
+                                                                                         sensor)] if b in bands}
     if offs and all(v is not None for v in offs.values()): md["offsets"] = offs
     order = [b for b in SENSORS[sensor] if b in bands]
-    return Product(path, sensor, props.get("processing:level") or props.get("s2:product_type"), {b: bands[b] for b in order}, quality, md)
+    return Product(path, sensor, props.get("processing:level") or props.get("s2:product_type"),
+                   {b: bands[b] for b in order}, quality, md)
 
 def _raster_offset(asset: dict) -> float | None:
     "DN offset from STAC raster:bands (offset and scale are in reflectance: DN offset = offset / scale)."
@@ -127,12 +141,14 @@ def is_product(path) -> bool:
     p = Path(path)
     return (p.is_dir() and any(p.glob("MTD_MSIL[12][AC].xml"))) or p.suffix.lower() == ".json"
 
+# %% ../../nbs/07_data.products.ipynb #f802db1b
 def as_product(path) -> Product:
     p = path if isinstance(path, Product) else Path(path)
     if isinstance(p, Product): return p
     if p.suffix.lower() == ".json": return stac_product(p)
     return safe_product(p)
 
+# %% ../../nbs/07_data.products.ipynb #c65bb34d
 def read_product(path, # a SAFE folder, a STAC item JSON, or a Product
                  bands: Sequence[str] | None = None, # default: every band of the product's level (all must be present)
                  window: tuple[int, int, int, int] | None = None, # (row, col, height, width) on the finest grid
@@ -141,15 +157,18 @@ def read_product(path, # a SAFE folder, a STAC item JSON, or a Product
                  resampling: str = "bilinear") -> xr.DataArray:
     "A product's bands as one named (band, y, x) DataArray, harmonised across Sentinel-2 baselines."
     prod = as_product(path)
-    want = list(bands) if bands is not None else list(SAFE_BANDS.get(prod.level, prod.bands)) if prod.sensor == "sentinel-2" else list(prod.bands)
+    want = list(bands) if bands is not None else list(SAFE_BANDS.get(prod.level,
+        prod.bands)) if prod.sensor == "sentinel-2" else list(prod.bands)
     want = [normalize_band(b, prod.sensor) for b in want]
     missing = [b for b in want if b not in prod.bands]
     if missing: raise BandError(f"{prod.path}: the product lacks band(s) {missing}; it has {list(prod.bands)}")
     da = open_band_files({b: prod.bands[b] for b in want}, sensor=prod.sensor, window=window, resampling=resampling)
     da.attrs["source"] = str(prod.path)
-    if harmonize and prod.sensor == "sentinel-2": da = apply_offset(da, s2_offsets(want, prod.metadata, offset, baseline))
+    if harmonize and prod.sensor == "sentinel-2":
+        da = apply_offset(da, s2_offsets(want, prod.metadata, offset, baseline))
     return da
 
+# %% ../../nbs/07_data.products.ipynb #fc8548f2
 def product_shape(path, bands: Sequence[str] | None = None) -> tuple[int, int]:
     "(height, width) of the grid `read_product` returns for `bands` (the finest of them), without reading pixels."
     prod = as_product(path)
@@ -158,18 +177,21 @@ def product_shape(path, bands: Sequence[str] | None = None) -> tuple[int, int]:
     if missing: raise BandError(f"{prod.path}: the product lacks band(s) {missing}; it has {list(prod.bands)}")
     return tuple(reference_grid({b: prod.bands[b] for b in want}, None)[2:])
 
+# %% ../../nbs/07_data.products.ipynb #71380f25
 def source_reader(path, # a raster, a per-band folder, a SAFE folder or a STAC item
                   bands: Sequence[str], sensor: str | None = None, layout=None, **product_kw):
-    "(height, width) of `path` on the grid of `bands`, and `read(window)` → (band, y, x) DataArray: one interface for every format."
-    from deo_kit.data.io import band_files, open_scene, raster_shape
+    ("(height, width) of `path` on the grid of `bands`, and `read(window)` → (band, y, x) DataArray: one interface for "
+     "every format.")
     bands = list(bands)
-    if is_product(path): return product_shape(path, bands), lambda win: read_product(path, bands=bands, window=win, **product_kw)
+    if is_product(path):
+        return product_shape(path, bands), lambda win: read_product(path, bands=bands, window=win, **product_kw)
     if Path(path).is_dir():  # per-band folder: the grid of the finest requested band
         s, files = band_files(path, sensor)
         shape = product_shape(Product(Path(path), s, None, files), bands)
     else: shape = raster_shape(path)
     return shape, lambda win: open_scene(path, window=win, bands=bands, sensor=sensor, layout=layout)
 
+# %% ../../nbs/07_data.products.ipynb #bbef431f
 def quality_under(path, # a single-band quality raster
                   like: xr.DataArray) -> xr.DataArray:
     "The quality layer resampled (nearest) onto `like`'s grid, reading only the file's pixels under `like` (plus one)."
@@ -183,18 +205,19 @@ def quality_under(path, # a single-band quality raster
     if r1 <= r0 or c1 <= c0: return mask_on_grid(read_quality(path, (0, 0, 1, 1)), like)  # no overlap: all NaN
     return mask_on_grid(read_quality(path, (r0, c0, r1 - r0, c1 - c0)), like)
 
+# %% ../../nbs/07_data.products.ipynb #13d97ce4
 def product_quality(path, kind: str = "SCL", like: xr.DataArray | None = None) -> xr.DataArray:
     "A product's quality layer (SCL, CLDPRB, QA60, BQA) as stored, or resampled (nearest) onto `like`'s grid."
     prod = as_product(path)
     if kind not in prod.quality: raise KeyError(f"{prod.path}: no {kind} layer; it has {list(prod.quality) or 'none'}")
     return read_quality(prod.quality[kind]) if like is None else quality_under(prod.quality[kind], like)
 
+# %% ../../nbs/07_data.products.ipynb #c52fa971
 def source_cloud_mask(path, # a SAFE folder, STAC item, per-band folder or raster
                       like: xr.DataArray, # an image (or one band of it) whose grid the mask takes
                       sensor: str | None = None) -> xr.DataArray | None:
-    "Cloud mask (1 cloudy, 0 clear, NaN unknown) on `like`'s grid: the SCL of an L2A product or the BQA band of a Landsat folder; None without one."
-    from deo_kit.data.io import band_files
-    from deo_kit.data.masks import bqa_mask, scl_mask
+    ("Cloud mask (1 cloudy, 0 clear, NaN unknown) on `like`'s grid: the SCL of an L2A product or the BQA band of a "
+     "Landsat folder; None without one.")
     p = Path(path)
     if is_product(p): return scl_mask(product_quality(p, "SCL", like=like)) if "SCL" in as_product(p).quality else None
     if not p.is_dir(): return None
@@ -211,8 +234,6 @@ def _link(src: Path, dst: Path):
 def make_test_safe(band_folder, out, level: str = "L1C", baseline: str = "02.09", offset: float | None = None,
                    drop: Sequence[str] = (), tile: str = "T18SVG", date: str = "20170101T000000") -> Path:
     "A SAFE-shaped folder whose band files are links to a per-band folder's files (for tests and demos)."
-    from deo_kit.data.io import band_files
-    from deo_kit.data.masks import write_s2_metadata
     _, files = band_files(band_folder)
     safe = Path(out) / f"S2A_MSI{level}_{date}_N{baseline.replace('.', '')}_R000_{tile}_{date}.SAFE"
     write_s2_metadata(safe / f"MTD_MSI{level}.xml", "Level-1C" if level == "L1C" else "Level-2A", baseline, offset)
@@ -222,11 +243,13 @@ def make_test_safe(band_folder, out, level: str = "L1C", baseline: str = "02.09"
         if level == "L1C": _link(f, img / f"{tile}_{date}_{b}.jp2"); continue
         r = SENSORS["sentinel-2"][b].resolution_m
         for res in (10, 20, 60):
-            if res >= r: _link(f, img / f"R{res}m" / f"{tile}_{date}_{b}_{res}m.jp2")  # coarser copies exist in real L2A too
+            if res >= r: _link(f,
+                               img / f"R{res}m" / f"{tile}_{date}_{b}_{res}m.jp2")  # real L2A has coarser copies too
     return safe
 
 # %% ../../nbs/07_data.products.ipynb #f0eacd0f
-def write_stac_item(path, files: dict[str, Path], sensor: str = "sentinel-2", properties: dict | None = None, relative: bool = True,
+def write_stac_item(path, files: dict[str, Path], sensor: str = "sentinel-2", properties: dict | None = None,
+                    relative: bool = True,
                     extra_assets: dict | None = None) -> Path:
     "A minimal local STAC item for band files {band: path} (assets keyed by common name where there is one)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,8 +257,9 @@ def write_stac_item(path, files: dict[str, Path], sensor: str = "sentinel-2", pr
     href = lambda f: str(Path(f).resolve().relative_to(path.parent.resolve()) if relative else Path(f).resolve())
     assets = {inv.get(b, b): {"href": href(f), "type": "image/tiff; application=geotiff", "roles": ["data"],
                               "eo:bands": [{"name": b}]} for b, f in files.items()}
-    props = {"datetime": "2017-01-01T00:00:00Z", "platform": "sentinel-2a" if canonical_sensor(sensor) == "sentinel-2" else "landsat-8"}
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": path.stem, "geometry": None, "properties": props | (properties or {}),
+    props = {"datetime": "2017-01-01T00:00:00Z",
+             "platform": "sentinel-2a" if canonical_sensor(sensor) == "sentinel-2" else "landsat-8"}
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": path.stem, "geometry": None,
+            "properties": props | (properties or {}),
             "assets": assets | (extra_assets or {}), "links": []}
-    path.write_text(json.dumps(item, indent=1))
-    return path
+    return atomic_write(path, json.dumps(item, indent=1))

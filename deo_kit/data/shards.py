@@ -4,20 +4,22 @@
 
 # %% ../../nbs/08_data.shards.ipynb #a047f328
 from __future__ import annotations
-import argparse, hashlib, io, json, os, sys, tarfile, time
+import hashlib, io, json, os, tarfile, time
 from pathlib import Path
 from typing import Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from ..core import atomic_write
 from .bands import get_band_set
 from .io import band_files, tile_windows, RASTER_SUFFIXES
 from .masks import cloud_fraction
 from .products import as_product, is_product, source_cloud_mask, source_reader
+from ..dist import rank as dist_rank, world_size
 
 # %% auto #0
 __all__ = ['DTYPES', 'expand_sources', 'iter_patches', 'write_shards', 'ShardDataset', 'worker_slot', 'stream_patches',
-           'collate_patches', 'shard_parser', 'shard_cli_main']
+           'collate_patches']
 
 # %% ../../nbs/08_data.shards.ipynb #c528b7a2
 def expand_sources(sources: Sequence) -> list[Path]:
@@ -54,7 +56,8 @@ DTYPES = ("float32", "float16", "uint16")
 def _cast(x: np.ndarray, dtype: str, where) -> np.ndarray:
     if dtype != "uint16": return x.astype(dtype)
     if np.isnan(x).any() or x.min() < 0 or x.max() > 65535 or not np.array_equal(x, np.round(x)):
-        raise ValueError(f"{where}: values are not whole DNs in 0–65535 (harmonised or resampled data?); use dtype='float32'")
+        raise ValueError(f"{where}: values are not whole DNs in 0–65535 (harmonised or resampled data?); use "
+                         "dtype='float32'")
     return x.astype("uint16")
 
 # %% ../../nbs/08_data.shards.ipynb #8f587200
@@ -73,7 +76,9 @@ def iter_patches(src: Path, bands, size: int, stride: int | None = None, sensor=
     "(C×size×size patch, metadata) of one scene in row-major window order, read a strip of patch rows at a time."
     (h, w), read = source_reader(src, bands, sensor, layout)
     clouds = _cloud_reader(src, sensor)
-    if max_cloud is not None and clouds is None: raise ValueError(f"{src}: max_cloud needs a quality layer (SCL in an L2A product, BQA in a Landsat folder); this source has none")
+    if max_cloud is not None and clouds is None:
+        raise ValueError(f"{src}: max_cloud needs a quality layer (SCL in an L2A product, BQA in a Landsat folder); "
+                         "this source has none")
     wins = tile_windows(h, w, size, stride) if min(h, w) >= size else []
     for group in _row_groups(sorted({win[0] for win in wins}), size, strip):
         sw = (group[0], 0, group[-1] + size - group[0], w)
@@ -87,7 +92,9 @@ def iter_patches(src: Path, bands, size: int, stride: int | None = None, sensor=
             cf = None if mask is None else cloud_fraction(mask.values[i:i + size, c:c + size])
             if max_cloud is not None and cf > max_cloud: continue
             yield x, {"bands": [str(b) for b in da.band.values], "crs": str(da.rio.crs), "source": str(src),
-                      "transform": list((t * t.translation(c, i))[:6]), "window": [r, c, size, size], "cloud_fraction": cf}
+                      "transform": list((t * t.translation(c, i))[:6]), "window": [r, c, size, size],
+                      "cloud_fraction": cf}
+
 
 # %% ../../nbs/08_data.shards.ipynb #39abb11f
 def _settings_key(cfg: dict) -> str: return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
@@ -114,7 +121,8 @@ def write_shards(sources: Sequence, # scenes and folders (see expand_sources)
         if len(shards) >= done:  # shards before `done` were completed by an earlier run
             part = out / (name + ".partial")
             with tarfile.open(part, "w", format=tarfile.USTAR_FORMAT) as tf:
-                for key, x, meta in buf: _tar_add(tf, f"{key}.npy", _npy(x)); _tar_add(tf, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+                for key, x, meta in buf: _tar_add(tf, f"{key}.npy", _npy(x)); _tar_add(tf, f"{key}.json",
+                    json.dumps(meta, sort_keys=True).encode())
             os.replace(part, out / name)
         shards.append({"name": name, "count": len(buf)}); buf.clear()
     for src in expand_sources(sources):
@@ -125,10 +133,13 @@ def write_shards(sources: Sequence, # scenes and folders (see expand_sources)
             if len(buf) == shard_size: flush()
     if buf: flush()
     bar.close()
-    if n == 0: raise ValueError(f"no patch of {size}×{size} px was written: the sources are smaller, all nodata, or all too cloudy")
-    index = {"format": "deo-shards-v1", "bands": list(bs.bands), "size": size, "dtype": dtype, "count": n, "shards": shards,
+    if n == 0:
+        raise ValueError(f"no patch of {size}×{size} px was written: the sources are smaller, all nodata, or all too "
+                         "cloudy")
+    index = {"format": "deo-shards-v1", "bands": list(bs.bands), "size": size, "dtype": dtype, "count": n,
+             "shards": shards,
              "settings": cfg, "key": _settings_key(cfg), "seconds": round(time.time() - t0, 2)}
-    (out / "index.json").write_text(json.dumps(index, indent=1))
+    atomic_write(out / "index.json", json.dumps(index, indent=1))
     return index
 
 def _prepare_out(out: Path, cfg: dict, resume: bool, overwrite: bool) -> int:
@@ -137,18 +148,20 @@ def _prepare_out(out: Path, cfg: dict, resume: bool, overwrite: bool) -> int:
     if out.exists() and any(out.iterdir()):
         if resume:
             if not marker.is_file() or json.loads(marker.read_text()).get("key") != _settings_key(cfg):
-                raise ValueError(f"{out}: cannot resume, it was written with other settings (or is not a shard folder); use a new folder or --overwrite")
+                raise ValueError(f"{out}: cannot resume, it was written with other settings (or is not a shard "
+                                 "folder); use a new folder or --overwrite")
             done = 0
             while (out / f"shard-{done:06d}.tar").is_file(): done += 1
             for p in out.glob("*.partial"): p.unlink()
             (out / "index.json").unlink(missing_ok=True)
             return done
-        if not overwrite: raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) or resume=True (--resume)")
+        if not overwrite: raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) or resume=True "
+                                                "(--resume)")
         if not marker.is_file() and any(p.suffix not in (".tar", ".partial", ".json") for p in out.iterdir()):
             raise ValueError(f"{out}: holds files that are not shards; refusing to clear it")
         for p in list(out.glob("shard-*.tar*")) + [out / "index.json", marker]: p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"key": _settings_key(cfg), "settings": cfg}, indent=1))
+    atomic_write(marker, json.dumps({"key": _settings_key(cfg), "settings": cfg}, indent=1))
     return 0
 
 # %% ../../nbs/08_data.shards.ipynb #39d674d1
@@ -161,11 +174,15 @@ class ShardDataset(IterableDataset):
                  bands: Sequence[str] | None = None): # keep these bands, in this order
         self.root = Path(root)
         ix = self.root / "index.json"
-        if not ix.is_file(): raise FileNotFoundError(f"{self.root}: no index.json (not a shard folder, or its write did not finish; resume it)")
-        self.index = json.loads(ix.read_text())
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = rank if rank is not None else torch.distributed.get_rank() if dist else 0
-        self.world = world if world is not None else torch.distributed.get_world_size() if dist else 1
+        if not ix.is_file():
+            raise FileNotFoundError(f"{self.root}: no index.json (not a shard folder, or its write did not finish; "
+                                    "resume it)")
+        try: self.index = json.loads(ix.read_text())
+        except ValueError as e:
+            raise ValueError(f"{ix}: not a shard index ({e}); rewrite the shards with deo data shard") from None
+        _check_names(self.root, self.index)
+        self.rank = rank if rank is not None else dist_rank()
+        self.world = world if world is not None else world_size()
         self.seed, self.shuffle, self.buffer, self.epoch = seed, shuffle, buffer, epoch
         self.start_batch, self.batch_size = start_batch, batch_size
         self.bands = tuple(self.index["bands"])
@@ -178,7 +195,8 @@ class ShardDataset(IterableDataset):
     def rank_shards(self) -> list[str]:
         "This rank's shard names for the current epoch."
         names = [s["name"] for s in self.index["shards"]]
-        if self.shuffle: names = [names[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(names))]
+        if self.shuffle:
+            names = [names[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(names))]
         names += names[:(-len(names)) % self.world]  # pad: every rank the same number of shards
         return names[self.rank::self.world]
 
@@ -192,21 +210,65 @@ def _check_bands(bands, have):
     if missing: raise ValueError(f"the shards lack band(s) {missing}; they hold {list(have)}")
     return list(bands)
 
-def _read_shard(path: Path) -> Iterator[tuple[np.ndarray, dict]]:
-    "Stream (array, meta) pairs from one tar shard (members in .npy, .json order)."
-    with tarfile.open(path, "r|") as tf:
-        x = None
-        for m in tf:
-            data = tf.extractfile(m).read()
-            if m.name.endswith(".npy"): x = np.load(io.BytesIO(data), allow_pickle=False)
-            else: yield x, {**json.loads(data), "key": m.name[:-5]}
+def _check_names(root: Path, index: dict):
+    "Every shard the index names is a plain file name inside `root` (no absolute path, no `..`, no link out)."
+    for s in index.get("shards", []):
+        name = str(s.get("name", ""))
+        p = Path(name)
+        inside = not p.is_absolute() and len(p.parts) == 1 and name not in (".",
+            "..") and (root / name).resolve().parent == root.resolve()
+        if not inside:
+            raise ValueError(f"{root / 'index.json'}: shard name {name!r} points outside the shard folder; rewrite the "
+                             "index with deo data shard")
+
+def _kind(m: tarfile.TarInfo) -> str:
+    return "symlink" if m.issym() else "hard link" if m.islnk() else "directory" if m.isdir() else "special file"
+
+def _members(path: Path, tf: tarfile.TarFile) -> Iterator[tuple[str, str, bytes]]:
+    "(key, extension, decoded content) of each member; anything but a regular file is an error naming the shard."
+    for m in tf:
+        if not m.isfile(): raise ValueError(f"{path}: member {m.name!r} is a {_kind(m)}, not a regular file; this is "
+                                            "not a shard written by deo data shard, rewrite it")
+        key, ext = os.path.splitext(m.name)
+        data = tf.extractfile(m).read()
+        try:
+            yield key, ext, (np.load(io.BytesIO(data),
+                                     allow_pickle=False) if ext == ".npy" else json.loads(data) if ext == ".json"
+                             else data)
+        except ValueError as e:
+            raise ValueError(f"{path}: member {m.name!r} cannot be decoded ({e}); rewrite the shard") from None
+
+def _read_shard(path: Path, shape: tuple | None = None, # the (C, S, S) every patch must have (from index.json)
+                dtype: str | None = None) -> Iterator[tuple[np.ndarray, dict]]:
+    ("Stream (array, meta) pairs from one tar shard: `<key>.npy` then `<key>.json`, each array of the index's shape "
+     "and dtype.")
+    try:
+        with tarfile.open(path, "r|") as tf:
+            x, key = None, None
+            for k, ext, data in _members(path, tf):
+                if ext == ".npy" and x is None:
+                    x, key = data, k
+                    if (shape and x.shape != tuple(shape)) or (dtype and x.dtype != np.dtype(dtype)):
+                        raise ValueError(f"{path}: member {k}.npy is {x.dtype} {x.shape}, the index says {dtype} "
+                                         f"{tuple(shape or x.shape)}; rewrite the shard")
+                elif ext == ".json" and x is not None and k == key: yield x, {**data, "key": k}; x = None
+                else:
+                    raise ValueError(f"{path}: member {k}{ext} is out of order (expected "
+                                     f"{key + '.json' if x is not None else 'a .npy'}); rewrite the shard")
+            if x is not None: raise ValueError(f"{path}: ends after {key}.npy without its .json; the shard is "
+                                               "truncated, rewrite it")
+    except (tarfile.TarError, EOFError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: broken shard ({type(e).__name__}: {e}); it is truncated or not a tar, rewrite it "
+                         "(deo data shard)") from None
 
 def worker_slot(ds: ShardDataset) -> tuple[int, int]:
-    "(logical worker id, workers): rotated by start_batch, so the resumed loader's first worker plays the one whose turn it is."
+    ("(logical worker id, workers): rotated by start_batch, so the resumed loader's first worker plays the one whose "
+     "turn it is.")
     wi = get_worker_info()
     wid, nw = (wi.id, wi.num_workers) if wi else (0, 1)
     return (wid + ds.start_batch) % nw, nw
 
+# %% ../../nbs/08_data.shards.ipynb #0da85c99
 @torch.no_grad()
 def stream_patches(ds: ShardDataset):
     "One epoch of this rank's and worker's (patch, meta) pairs, shuffled through a buffer; no resume skip."
@@ -218,7 +280,9 @@ def stream_patches(ds: ShardDataset):
         x = torch.from_numpy(x.astype("float32", copy=False))
         return (x if ds._sel is None else x[ds._sel]), meta
     def stream():
-        for name in shards: yield from _read_shard(ds.root / name)
+        ix = ds.index
+        for name in shards:
+            yield from _read_shard(ds.root / name, (len(ix["bands"]), ix["size"], ix["size"]), ix.get("dtype"))
     for item in stream():
         if not ds.shuffle: yield out(*item); continue
         buf.append(item)
@@ -231,36 +295,7 @@ def _iter_skip(self: ShardDataset):
     for i, item in enumerate(stream_patches(self)):
         if i >= skip: yield item
 
+# %% ../../nbs/08_data.shards.ipynb #466a72fb
 def collate_patches(items) -> tuple[torch.Tensor, list[dict]]:
     "Batch (patch, meta) pairs: B C S S tensor and a list of metas."
     return torch.stack([x for x, _ in items]), [m for _, m in items]
-
-# %% ../../nbs/08_data.shards.ipynb #c2419b35
-def shard_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deo data shard", description="Tile scenes and folders into fixed-size multispectral patches, written as tar shards (.npy + .json) with index.json.")
-    p.add_argument("sources", nargs="+", help="scenes (raster, per-band folder, SAFE folder, STAC item) or folders of multi-band files")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--bands", default="s2-10-deo", help="band set name or comma-separated names (default s2-10-deo)")
-    p.add_argument("--size", type=int, default=64, help="patch edge in pixels")
-    p.add_argument("--stride", type=int, help="step between patches (default: size)")
-    p.add_argument("--shard-size", type=int, default=256, help="patches per shard")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--sensor", help="sentinel-2 or landsat-8")
-    p.add_argument("--layout", help="band order inside multi-band files, e.g. eurosat-ms")
-    p.add_argument("--max-cloud", type=float, help="drop patches cloudier than this fraction (needs SCL or BQA)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted write into --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the shards in --out")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-def shard_cli_main(argv: list[str] | None = None) -> int:
-    "Entry point of `deo data shard`."
-    a = shard_parser().parse_args(argv)
-    try:
-        ix = write_shards(a.sources, a.out, a.bands, a.size, a.stride, a.shard_size, a.dtype, a.sensor, a.layout, a.max_cloud,
-                          a.resume, a.overwrite, not a.no_progress)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, OSError) as e:
-        print(f"deo data shard: error: {e}", file=sys.stderr); return 1
-    print(f"wrote {ix['count']} patches of {len(ix['bands'])}×{ix['size']}×{ix['size']} in {len(ix['shards'])} shards "
-          f"({ix['count'] / max(ix['seconds'], 1e-9):.0f} patches/s)\n  shards  {Path(a.out) / 'index.json'}")
-    return 0

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 import numpy as np
-import torch
 import xarray as xr
+from ..core import atomic_write
 
 # %% auto #0
 __all__ = ['DEFAULT_STATS', 'BandStats', 'StatsAccumulator', 'compute_band_stats', 'save_stats', 'load_stats', 'default_stats',
@@ -25,28 +25,37 @@ class BandStats:
     std: tuple[float, ...]
     count: tuple[int, ...] = ()   # valid pixels behind each band's numbers
     source: str = ""              # what they were computed from
+    name: str = ""                # the shipped set's name ('s2-l1c', 'fmow-s2', ...), or empty
     def __post_init__(self):
         self.bands = tuple(str(b) for b in self.bands)
         if not len(self.bands) == len(self.mean) == len(self.std):
-            raise ValueError(f"stats need one mean and one std per band: {len(self.bands)} bands, {len(self.mean)} means, {len(self.std)} stds")
+            raise ValueError(f"stats need one mean and one std per band: {len(self.bands)} bands, {len(self.mean)} "
+                             f"means, {len(self.std)} stds")
     def select(self, bands) -> tuple[np.ndarray, np.ndarray]:
         "Mean and std arrays for `bands`, in that order; a band without statistics is an error."
         missing = [b for b in bands if b not in self.bands]
-        if missing: raise KeyError(f"no normalisation statistics for band(s) {missing}; these stats cover {list(self.bands)}")
+        if missing:
+            raise KeyError(f"no normalisation statistics for band(s) {missing}: the "
+                           f"statistics{' ' + repr(self.name) if self.name else ''} "
+                                   f"cover {list(self.bands)}, the model's band set is {list(bands)}")
         idx = [self.bands.index(b) for b in bands]
         return np.asarray(self.mean, "float32")[idx], np.asarray(self.std, "float32")[idx]
 
 # %% ../../nbs/04_data.stats.ipynb #ff7b601a
 class StatsAccumulator:
-    "Streaming per-band sums for mean/std over many (band, y, x) arrays with the same bands (matched by name, any order)."
+    ("Streaming per-band sums for mean/std over many (band, y, x) arrays with the same bands (matched by name, any "
+     "order).")
     def __init__(self): self.bands, self.n, self.s, self.ss = None, 0, 0.0, 0.0
     def add(self, da: xr.DataArray):
         bands = tuple(str(b) for b in da.band.values)
         if self.bands is None: self.bands = bands
-        elif set(bands) != set(self.bands): raise ValueError(f"{da.attrs.get('source', 'array')}: bands {list(bands)} differ from the first array's {list(self.bands)}")
+        elif set(bands) != set(self.bands):
+            raise ValueError(f"{da.attrs.get('source', 'array')}: bands {list(bands)} differ from the first array's "
+                             f"{list(self.bands)}")
         v = da.sel(band=list(self.bands)).values.reshape(len(bands), -1).astype("float64")  # matched by name
         ok = ~np.isnan(v)
-        self.n = self.n + ok.sum(1); self.s = self.s + np.where(ok, v, 0).sum(1); self.ss = self.ss + np.where(ok, v * v, 0).sum(1)
+        self.n = self.n + ok.sum(1); self.s = self.s + np.where(ok, v, 0).sum(1)
+        self.ss = self.ss + np.where(ok, v * v, 0).sum(1)
         return self
     def result(self, source: str = "") -> BandStats:
         if self.bands is None: raise ValueError("no arrays were added")
@@ -56,6 +65,7 @@ class StatsAccumulator:
         std = np.sqrt(np.maximum(self.ss / self.n - mean**2, 0))
         return BandStats(self.bands, tuple(map(float, mean)), tuple(map(float, std)), tuple(map(int, self.n)), source)
 
+# %% ../../nbs/04_data.stats.ipynb #0b4d3956
 def compute_band_stats(arrays: Iterable[xr.DataArray], source: str = "") -> BandStats:
     "Per-band mean/std over a stream of named arrays (files, tiles), ignoring NaN."
     acc = StatsAccumulator()
@@ -67,41 +77,51 @@ def save_stats(stats: BandStats, path) -> Path:
     "Write statistics as JSON (band names kept with their numbers)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     rows = {b: {"mean": m, "std": s} for b, m, s in zip(stats.bands, stats.mean, stats.std)}
-    path.write_text(json.dumps({"source": stats.source, "count": list(stats.count), "bands": rows}, indent=1))
+    atomic_write(path, json.dumps({"source": stats.source, "count": list(stats.count), "bands": rows}, indent=1))
     return path
 
+# %% ../../nbs/04_data.stats.ipynb #b3c50194
 def load_stats(path) -> BandStats:
     "Read statistics written by `save_stats` (or by `deo data stats`)."
     path = Path(path)
     try: d = json.loads(path.read_text())
     except (OSError, ValueError) as e: raise ValueError(f"{path}: not a band-statistics JSON file ({e})") from e
     rows = d.get("bands")
-    if not isinstance(rows, dict) or not rows: raise ValueError(f"{path}: missing the 'bands' table of per-band mean/std")
+    if not isinstance(rows, dict) or not rows:
+        raise ValueError(f"{path}: missing the 'bands' table of per-band mean/std")
     return BandStats(tuple(rows), tuple(r["mean"] for r in rows.values()), tuple(r["std"] for r in rows.values()),
                      tuple(d.get("count", ())), d.get("source", str(path)))
 
 # %% ../../nbs/04_data.stats.ipynb #097b49b1
-DEFAULT_STATS = ("s2-l1c", "s2-l2a")
+DEFAULT_STATS = ("s2-l1c", "s2-l2a", "fmow-s2", "fmow-rgb")
 
 def default_stats(name: str = "s2-l1c") -> BandStats:
-    "Shipped per-band statistics: 's2-l1c' or 's2-l2a' (kept apart: the two levels differ in scale)."
+    ("Shipped per-band statistics by name: 's2-l1c', 's2-l2a' (kept apart: the two levels differ in scale), 'fmow-s2', "
+     "'fmow-rgb'.")
     if name not in DEFAULT_STATS: raise ValueError(f"unknown default statistics {name!r}; available: {DEFAULT_STATS}")
     import deo_kit
-    return load_stats(Path(deo_kit.__file__).resolve().parent / "assets" / "stats" / f"{name.replace('-', '_')}.json")
+    st = load_stats(Path(deo_kit.__file__).resolve().parent / "assets" / "stats" / f"{name.replace('-', '_')}.json")
+    st.name = name
+    return st
 
+# %% ../../nbs/04_data.stats.ipynb #c9fcc779
 def get_stats(spec) -> BandStats:
-    "Statistics from a `BandStats`, a default name ('s2-l1c', 's2-l2a') or a JSON path."
+    "Statistics from a `BandStats`, a shipped name (`DEFAULT_STATS`) or a JSON path."
     if isinstance(spec, BandStats): return spec
     return default_stats(spec) if spec in DEFAULT_STATS else load_stats(spec)
 
 # %% ../../nbs/04_data.stats.ipynb #4b0436da
 def normalize(x, # a named DataArray (band, y, x) or a (..., C, H, W) tensor with `bands` given
-              stats: BandStats, bands=None): 
+              stats: BandStats, bands=None):
     "Subtract each band's mean and divide by its std, looked up by band name."
     if isinstance(x, xr.DataArray):
         mean, std = stats.select([str(b) for b in x.band.values])
-        return (x - xr.DataArray(mean, dims="band", coords={"band": x.band})) / xr.DataArray(std, dims="band", coords={"band": x.band})
+        return (x - xr.DataArray(mean, dims="band", coords={"band": x.band})) / xr.DataArray(std, dims="band",
+                                                                                             coords={"band": x.band})
     if bands is None: raise ValueError("normalising a tensor needs the names of its channels: pass bands=")
-    mean, std = (torch.as_tensor(a, dtype=torch.float32, device=x.device).view(-1, 1, 1) for a in stats.select(list(bands)))
-    if x.shape[-3] != len(mean): raise ValueError(f"tensor has {x.shape[-3]} channels but {len(mean)} band names were given")
+    import torch  # here, not at the top: `deo data info|stats` read statistics without loading torch
+    mean, std = (torch.as_tensor(a, dtype=torch.float32, device=x.device).view(-1, 1,
+                                                                               1) for a in stats.select(list(bands)))
+    if x.shape[-3] != len(mean):
+        raise ValueError(f"tensor has {x.shape[-3]} channels but {len(mean)} band names were given")
     return (x.float() - mean) / std

@@ -4,73 +4,133 @@
 
 # %% ../../nbs/53_eval.cli.ipynb #757dc9d7
 from __future__ import annotations
-import argparse, json, re, sys, time
+import argparse, json, re, sys
 from pathlib import Path
-from .probes import ProbeResult, compare, evaluate, results_table
+from ..core import atomic_path, atomic_write, error_line
+# deo_kit.eval.probes (torch) loads inside the functions, so `deo eval --help` stays light
 
 # %% auto #0
-__all__ = ['TASKS', 'eval_parser', 'result_name', 'run_task', 'gather_results', 'bar_plot', 'report', 'cli_main']
+__all__ = ['TASKS', 'eval_parser', 'result_name', 'check_result_file', 'run_task', 'gather_results', 'bar_plot', 'report',
+           'cli_main']
 
 # %% ../../nbs/53_eval.cli.ipynb #dd1bc7ea
 TASKS = ("knn", "linear", "seg", "cd", "cka")
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deo eval", description="Evaluate a frozen encoder. Encoder specs: a `deo pretrain` run folder "
-                                "(DIR, DIR:ms, DIR:rgb, DIR:teacher), random:PRESET, init:PRESET, teacher, teacher:PATH, band-stats, deo-ref:PATH.")
+    p = argparse.ArgumentParser(prog="deo eval",
+                                description="Evaluate a frozen encoder. Encoder specs: a `deo pretrain` run folder "
+                                "(DIR, DIR:ms, DIR:rgb, DIR:teacher), random:PRESET, init:PRESET, teacher, "
+                                "teacher:PATH, band-stats, deo-ref:PATH.")
     sub = p.add_subparsers(dest="task", required=True)
-    for t, h in (("knn", "weighted kNN (cosine, k=20, T=0.07), k-fold CV"), ("linear", "linear probe, C chosen inside each training fold"),
+    for t, h in (("knn", "weighted kNN (cosine, k=20, T=0.07), k-fold CV"), ("linear",
+        "linear probe, C chosen inside each training fold"),
                  ("seg", "segmentation probe (UPerNet-style decoder or per-pixel linear head), mIoU"),
                  ("cd", "change detection: feature difference + decoder, F1 of the change class"),
                  ("cka", "linear CKA against the optical teacher, on RGB and MS inputs")):
         s = sub.add_parser(t, help=h)
         s.add_argument("--encoder", required=True, help="encoder spec")
-        s.add_argument("--data", required=True, help="dataset folder (class folders, BigEarthNet patches, a scene, or OSCD-style pairs)")
-        s.add_argument("--layout", default=None, help="band order inside multi-band files (default eurosat-ms for class folders)")
+        s.add_argument("--data", required=True,
+                       help="dataset folder (class folders, BigEarthNet patches, a scene, or OSCD-style pairs), or "
+                            "eurosat-sample (the packaged sample)")
+        s.add_argument("--layout", default=None,
+                       help="band order inside multi-band files (default eurosat-ms for class folders)")
         s.add_argument("--folds", type=int, default=5 if t in ("knn", "linear") else 3, help="k of the k-fold")
-        s.add_argument("--repeats", type=int, default=3 if t in ("knn", "linear") else 1, help="repeats of the k-fold (different shuffles)")
-        s.add_argument("--seed", type=int, default=0, help="fixes the folds: every encoder evaluated with one seed gets the same folds")
+        s.add_argument("--repeats", type=int, default=3 if t in ("knn", "linear") else 1,
+                       help="repeats of the k-fold (different shuffles)")
+        s.add_argument("--seed", type=int, default=0,
+                       help="fixes the folds: every encoder evaluated with one seed gets the same folds")
         s.add_argument("--out", default="runs/eval", help="folder for the JSON result (default runs/eval)")
         s.add_argument("--json", default=None, help="JSON file to write (default OUT/<task>-<encoder>.json)")
         s.add_argument("--teacher", default=None, help="optical teacher weights (for teacher, init:, cka)")
-        s.add_argument("--layer", default="global" if t in ("knn", "linear", "cka") else "last", help="global | cat | mid | last")
+        s.add_argument("--layer", default="global" if t in ("knn", "linear", "cka") else "last",
+                       help="global | cat | mid | last")
         s.add_argument("--size", type=int, default=None, help="resize inputs to SIZE px first (default: the encoder's)")
         s.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
+        s.add_argument("--overwrite", action="store_true",
+                       help="replace an existing result file that holds another encoder's, dataset's or layer's result")
+        if t in ("knn", "linear"):
+            s.add_argument("--nodata", choices=["error", "mean", "zero"], default="error",
+                           help="NaN/nodata pixels: error naming the file (default), or fill each band with its mean / "
+                                "zero (warns, naming the file)")
+            s.add_argument("--scale", type=float, default=None,
+                           help="multiply pixel values first, e.g. 10000 for reflectance in [0, 1] (by default values "
+                                "must be on the statistics' DN scale)")
         s.add_argument("--no-progress", action="store_true")
         if t in ("knn", "linear"):
-            s.add_argument("--split", choices=["cv", "given"], default="cv", help="k-fold CV, or the data's own train/ and test/ folders")
-            s.add_argument("--label-fraction", type=float, default=None, help="keep this stratified share of each training fold (e.g. 0.1)")
+            s.add_argument("--split", choices=["cv", "given"], default="cv",
+                           help="k-fold CV, or the data's own train/ and test/ folders")
+            s.add_argument("--label-fraction", type=float, default=None,
+                           help="keep this stratified share of each training fold (e.g. 0.1)")
         if t in ("seg", "cd"):
-            s.add_argument("--head", choices=["upernet", "linear"], default="upernet", help="decoder on the frozen features")
+            s.add_argument("--head", choices=["upernet", "linear"], default="upernet",
+                           help="decoder on the frozen features")
             s.add_argument("--epochs", type=int, default=30)
             s.add_argument("--tile", type=int, default=112, help="tile size in px (scene data)")
     r = sub.add_parser("report", help="gather JSON results into one table and a bar plot")
     r.add_argument("dirs", nargs="+", help="folders (searched recursively) or JSON files")
     r.add_argument("--out", default=None, help="where to write report.md and report.png (default: the first folder)")
-    r.add_argument("--reference", default=None, help="encoder spec to compare every other result with (paired per-fold Δ ± SE)")
+    r.add_argument("--reference", default=None,
+                   help="encoder spec to compare every other result with (paired per-fold Δ ± SE)")
     return p
 
 # %% ../../nbs/53_eval.cli.ipynb #7a9d54e0
-def result_name(task: str, spec: str, layer: str = "global") -> str:
-    "A file name for a result: <task>-<spec with unsafe characters replaced>[-<layer>].json."
-    tail = "/".join(Path(spec.split(":")[0]).parts[-2:]) + (":" + ":".join(spec.split(":")[1:]) if ":" in spec else "")
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{task}-{tail}" + ("" if layer in ("global", "last") else f"-{layer}")).strip("_") + ".json"
+def _tail(path: str) -> str:
+    "The last two parts of a path (a name that is not a path stays as it is)."
+    return "/".join(Path(path).parts[-2:]) if path else ""
 
+def result_name(task: str, spec: str, layer: str = "global",
+                data: str | None = None, # dataset path or name (in the file name: each dataset keeps its result)
+                split: str | None = None, label_fraction: float | None = None) -> str:
+    ("A file name for a result: <task>-<spec>[-on-<data>][-<layer>][-given][-lf<fraction>].json, unsafe characters "
+     "replaced.")
+    tail = _tail(spec.split(":")[0]) + (":" + ":".join(spec.split(":")[1:]) if ":" in spec else "")
+    name = f"{task}-{tail}" + (f"-on-{_tail(str(data))}" if data else "") + ("" if layer in ("global",
+                                                                                             "last") else f"-{layer}")
+    name += ("-given" if split == "given" else "") + (f"-lf{label_fraction:g}" if label_fraction else "")
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") + ".json"
+
+# %% ../../nbs/53_eval.cli.ipynb #9a88414d
+def check_result_file(path: Path, encoder: str, data: str, layer: str, overwrite: bool = False):
+    "Refuse to replace a result file that holds another encoder's, dataset's or layer's result (unless `overwrite`)."
+    if overwrite or not path.is_file(): return
+    try: old = json.loads(path.read_text())
+    except (OSError, ValueError): old = {}
+    if not isinstance(old, dict) or "metric" not in old:
+        raise ValueError(f"{path}: exists and is not a deo eval result; pass --overwrite to replace it, or choose "
+                         "another --json/--out")
+    was = (old.get("encoder"), str(Path(str(old.get("data", "")).split(" (subset")[0]).resolve()), old.get("layer"))
+    now = (encoder, str(Path(data).resolve()), layer)
+    diff = [f"{k} {a!r} (now {b!r})" for k, a, b in zip(("encoder", "data", "layer"), was, now) if a != b]
+    if diff:
+        raise ValueError(f"{path}: holds another result ({', '.join(diff)}); pass --overwrite to replace it, or choose "
+                         "another --json/--out")
+
+
+# %% ../../nbs/53_eval.cli.ipynb #1fb8d0ad
 def run_task(a) -> ProbeResult:
     "Run `deo eval <task>` from parsed arguments."
+    from deo_kit.eval.probes import evaluate
     out, cmd = Path(a.out), "deo eval " + " ".join(a.argv)
     cache = a.cache or str(out / "cache")
-    common = dict(layer=a.layer, size=a.size, seed=a.seed, teacher_path=a.teacher, progress=not a.no_progress, command=cmd)
+    common = dict(layer=a.layer, size=a.size, seed=a.seed, teacher_path=a.teacher, progress=not a.no_progress,
+                  command=cmd)
     if a.task in ("knn", "linear"):
-        return evaluate(a.encoder, a.data, a.task, n_folds=a.folds, n_repeats=a.repeats, split=None if a.split == "cv" else "given",
-                        label_fraction=a.label_fraction, layout=a.layout or "eurosat-ms", cache_dir=cache, **common)
+        return evaluate(a.encoder, a.data, a.task, n_folds=a.folds, n_repeats=a.repeats,
+                        split=None if a.split == "cv" else "given",
+                        label_fraction=a.label_fraction, layout=a.layout or "eurosat-ms", cache_dir=cache,
+                        features_kw={"nodata": a.nodata, "scale": a.scale}, **common)
     from deo_kit.eval import dense
-    if a.task == "seg": return dense.evaluate_seg(a.encoder, a.data, head=a.head, epochs=a.epochs, tile=a.tile, n_folds=a.folds, n_repeats=a.repeats, **common)
-    if a.task == "cd": return dense.evaluate_cd(a.encoder, a.data, head=a.head, epochs=a.epochs, tile=a.tile, n_folds=a.folds, n_repeats=a.repeats, **common)
+    if a.task == "seg":
+        return dense.evaluate_seg(a.encoder, a.data, head=a.head, epochs=a.epochs, tile=a.tile, n_folds=a.folds,
+                                  n_repeats=a.repeats, **common)
+    if a.task == "cd": return dense.evaluate_cd(a.encoder, a.data, head=a.head, epochs=a.epochs, tile=a.tile,
+                                                n_folds=a.folds, n_repeats=a.repeats, **common)
     return dense.evaluate_cka(a.encoder, a.data, layout=a.layout or "eurosat-ms", cache_dir=cache, **common)
 
 # %% ../../nbs/53_eval.cli.ipynb #b360da66
 def gather_results(paths) -> list[ProbeResult]:
     "Every result JSON under `paths` (files or folders, recursive), in path order."
+    from deo_kit.eval.probes import ProbeResult
     files = []
     for p in map(Path, paths):
         if p.is_file(): files.append(p)
@@ -81,51 +141,68 @@ def gather_results(paths) -> list[ProbeResult]:
         try: d = json.loads(f.read_text())
         except ValueError: continue
         if isinstance(d, dict) and {"metric", "mean", "std", "folds"} <= set(d): out.append(ProbeResult.from_json(f))
-    if not out: raise ValueError(f"no result JSON files (with metric, mean, std, folds) under {[str(p) for p in paths]}")
+    if not out:
+        raise ValueError(f"no result JSON files (with metric, mean, std, folds) under {[str(p) for p in paths]}")
     return out
 
+# %% ../../nbs/53_eval.cli.ipynb #57463ec0
 def bar_plot(results: list[ProbeResult], path) -> Path:
-    "Bars of mean ± std per result (matplotlib Agg)."
-    import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
-    labels = [f"{r.encoder}\n{r.protocol.get('probe', r.metric)}" for r in results]
-    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(results)), 3.2))
-    ax.bar(range(len(results)), [r.mean for r in results], yerr=[r.std for r in results], capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(results)), labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(" / ".join(sorted({r.metric for r in results})))
-    lo = min(r.mean - r.std for r in results)
-    ax.set_ylim(max(0, lo - 0.1), min(1.0, max(r.mean + r.std for r in results) + 0.05) if all(r.mean <= 1 for r in results) else None)
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    "Bars of mean ± std per result, titled, labelled, with a legend (viz.plots.plot_results; no pyplot state)."
+    from deo_kit.viz.plots import plot_results
+    bars = [{"name": f"{r.encoder} ({r.protocol.get('probe', r.metric)})", "mean": r.mean,
+             "std": r.std} for r in results]
+    metric = " / ".join(sorted({r.metric for r in results})) + (" (0…1)" if all(0 <= r.mean <= 1 for r in results)
+        else "")
+    folds = sorted({len(r.folds) for r in results})
+    fig = plot_results(bars, metric=metric, xlabel="encoder (probe)",
+                       title=f"deo eval report: mean ± std over {'/'.join(map(str, folds))} folds")
+    with atomic_path(path) as part: fig.savefig(part, dpi=100)
     return Path(path)
 
+# %% ../../nbs/53_eval.cli.ipynb #efe7180d
 def report(paths, out=None, reference: str | None = None) -> tuple[str, Path, Path]:
     "(markdown table, report.md, report.png) of the results under `paths`."
+    from deo_kit.eval.probes import results_table
     res = gather_results(paths)
-    out = Path(out or (paths[0] if Path(paths[0]).is_dir() else Path(paths[0]).parent)); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out or (paths[0] if Path(paths[0]).is_dir() else Path(paths[0]).parent))
+    out.mkdir(parents=True, exist_ok=True)
     groups = {}
     for r in res: groups.setdefault((r.metric, r.data, r.folds_digest), []).append(r)
     parts = []
     for (metric, data, dig), rs in groups.items():
         ref = reference if any(r.encoder == reference for r in rs) else None
-        parts.append(f"**{data}** — {metric}, {len(rs[0].folds)} folds (digest {dig}), seed {rs[0].seed}\n\n" + results_table(rs, ref))
+        parts.append(f"**{data}** — {metric}, {len(rs[0].folds)} folds (digest {dig}), seed {rs[0].seed}\n\n"
+                     + results_table(rs, ref))
     md = "\n\n".join(parts)
-    (out / "report.md").write_text(md + "\n")
+    atomic_write(out / "report.md", md + "\n")
     return md, out / "report.md", bar_plot(res, out / "report.png")
 
 # %% ../../nbs/53_eval.cli.ipynb #3583e1c9
+def _data_path(data: str) -> str:
+    "The folder a --data value names (a packaged data name resolves to its folder)."
+    if Path(data).exists(): return data
+    from deo_kit.data.datasets import resolve_data_name
+    return str(resolve_data_name(data))
+
 def cli_main(argv: list[str] | None = None) -> int:
     "Entry point of `deo eval`."
     argv = sys.argv[1:] if argv is None else list(argv)
     a = eval_parser().parse_args(argv)
     a.argv = argv
+    from deo_kit.eval.probes import results_table
     try:
         if a.task == "report":
             md, f_md, f_png = report(a.dirs, a.out, a.reference)
             print(md); print(f"\nwrote {f_md}\n      {f_png}"); return 0
+        path = Path(a.json) if a.json else Path(a.out) / result_name(a.task, a.encoder, a.layer, a.data, getattr(a,
+            "split", None), getattr(a, "label_fraction", None))
+        check_result_file(path, a.encoder, _data_path(a.data), a.layer, a.overwrite)  # before any work
         res = run_task(a)
-        path = Path(a.json) if a.json else Path(a.out) / result_name(a.task, a.encoder, a.layer)
-        res.to_json(path)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-        print(f"deo eval {a.task}: error: {e}", file=sys.stderr); return 1
+        with atomic_path(path) as tmp: res.to_json(tmp)
+    except (ValueError, KeyError, FileNotFoundError, OSError,
+            RuntimeError) as e:  # RuntimeError: a failed teacher fetch
+        print(error_line(f"deo eval {a.task}", e), file=sys.stderr); return 1
     print(results_table([res]))
-    print(f"\n{res.metric} {res.mean:.4f} ± {res.std:.4f} over {len(res.folds)} fold(s) in {res.wall_s:.1f} s\nwrote {path}")
+    print(f"\n{res.metric} {res.mean:.4f} ± {res.std:.4f} over {len(res.folds)} fold(s) in {res.wall_s:.1f} s\nwrote "
+          f"{path}")
     return 0

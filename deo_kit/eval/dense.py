@@ -4,14 +4,18 @@
 
 # %% ../../nbs/52_eval.dense.ipynb #fa22c337
 from __future__ import annotations
-import math, sys, time
+import sys, time
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .encoders import Encoder, band_index, load_encoder
-from .probes import ProbeResult, make_folds
+from .probes import ProbeResult
+from ..data.bands import BAND_SETS
+from ..data.io import RASTER_SUFFIXES, open_band_files
+from .encoders import StudentEncoder, extract_features
+from .probes import folds_digest, load_labelled
 
 # %% auto #0
 __all__ = ['SegTiles', 'cloud_confidence', 'l8_cloud_tiles', 'LightUPerNet', 'LinearHead', 'make_head', 'dense_features',
@@ -21,9 +25,11 @@ __all__ = ['SegTiles', 'cloud_confidence', 'l8_cloud_tiles', 'LightUPerNet', 'Li
 # %% ../../nbs/52_eval.dense.ipynb #41a687fc
 class SegTiles:
     "Image tiles `N×C×H×W` (raw DN, `bands` order) and masks `N×H×W` (class ids; `ignore_index` = unlabelled)."
-    def __init__(self, images, masks, bands, classes, sensor: str = "sentinel-2", root: str = "", ignore_index: int = 255):
+    def __init__(self, images, masks, bands, classes, sensor: str = "sentinel-2", root: str = "",
+                 ignore_index: int = 255):
         images, masks = torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(masks, dtype=torch.long)
-        if images.ndim != 4 or masks.ndim != 3: raise ValueError(f"need images N×C×H×W and masks N×H×W, got {tuple(images.shape)} and {tuple(masks.shape)}")
+        if images.ndim != 4 or masks.ndim != 3:
+            raise ValueError(f"need images N×C×H×W and masks N×H×W, got {tuple(images.shape)} and {tuple(masks.shape)}")
         if images.shape[0] != masks.shape[0]: raise ValueError(f"{images.shape[0]} images but {masks.shape[0]} masks")
         if images.shape[-2:] != masks.shape[-2:]:
             raise ValueError(f"mask size {tuple(masks.shape[-2:])} differs from image size {tuple(images.shape[-2:])}")
@@ -33,6 +39,7 @@ class SegTiles:
     def __len__(self): return len(self.images)
     def __getitem__(self, i): return self.images[i], self.masks[i]
 
+# %% ../../nbs/52_eval.dense.ipynb #b3e8617e
 def cloud_confidence(bqa: np.ndarray) -> np.ndarray:
     "Landsat-8 pre-collection BQA bits 14–15: 0 not determined, 1 low, 2 medium, 3 high cloud confidence."
     return (np.asarray(bqa).astype(np.uint16) >> 14) & 3
@@ -42,21 +49,24 @@ def _tile(a: np.ndarray, tile: int) -> np.ndarray:
     "(…, H, W) → (N, …, tile, tile), non-overlapping, row-major, remainder dropped."
     H, W = a.shape[-2:]
     if tile > min(H, W): raise ValueError(f"tile {tile} px is larger than the {H}×{W} scene")
-    return np.stack([a[..., r:r + tile, c:c + tile] for r in range(0, H - tile + 1, tile) for c in range(0, W - tile + 1, tile)])
+    return np.stack([a[..., r:r + tile, c:c + tile] for r in range(0, H - tile + 1, tile) for c in range(0,
+        W - tile + 1, tile)])
 
 def l8_cloud_tiles(folder, bands=("B4", "B3", "B2"), tile: int = 64, min_confidence: int = 2) -> SegTiles:
-    "Tiles of a Landsat-8 per-band folder; target: BQA cloud confidence ≥ `min_confidence` (automatic, not human labels)."
-    from deo_kit.data.io import open_band_files
+    ("Tiles of a Landsat-8 per-band folder; target: BQA cloud confidence ≥ `min_confidence` (automatic, not human "
+     "labels).")
     bands = tuple(bands)
     da = open_band_files(folder, bands=bands + ("BQA",), sensor="landsat-8", reference="B4")
     img, bqa = da.values[:-1], da.values[-1]
     if np.isnan(img).any(): raise ValueError(f"{folder}: nodata pixels in {bands}; crop or fill them first")
     mask = (cloud_confidence(bqa) >= min_confidence).astype(np.int64)
-    name = {2: "cloud (BQA confidence medium/high)", 3: "cloud (BQA confidence high)"}.get(min_confidence, f"cloud (BQA confidence >= {min_confidence})")
+    name = {2: "cloud (BQA confidence medium/high)", 3: "cloud (BQA confidence high)"}.get(min_confidence,
+        f"cloud (BQA confidence >= {min_confidence})")
     return SegTiles(_tile(img, tile), _tile(mask, tile), bands, ["other", name], "landsat-8", folder)
 
 # %% ../../nbs/52_eval.dense.ipynb #41a0d4cb
-def _cbr(i, o, k=1): return nn.Sequential(nn.Conv2d(i, o, k, padding=k // 2, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+def _cbr(i, o, k=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, padding=k // 2, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
 class LightUPerNet(nn.Module):
     "A small UPerNet: 1×1 laterals, PPM on the (reduced) deepest map, top-down FPN, fusion, classifier."
@@ -80,12 +90,16 @@ class LightUPerNet(nn.Module):
         s0 = outs[0].shape[-2:]
         return up(self.cls(self.fuse(torch.cat([up(o, s0) for o in outs], 1))), size)
 
+# %% ../../nbs/52_eval.dense.ipynb #17d737d8
 class LinearHead(nn.Module):
     "Per-pixel linear probe on the last map: BatchNorm + 1×1 conv, upsampled."
     def __init__(self, in_dims: list[int], n_classes: int):
         super().__init__(); self.bn, self.cls = nn.BatchNorm2d(in_dims[-1]), nn.Conv2d(in_dims[-1], n_classes, 1)
-    def forward(self, maps, size): return F.interpolate(self.cls(self.bn(maps[-1])), size=size, mode="bilinear", align_corners=False)
+    def forward(self, maps, size):
+        return F.interpolate(self.cls(self.bn(maps[-1])), size=size, mode="bilinear", align_corners=False)
 
+
+# %% ../../nbs/52_eval.dense.ipynb #76941169
 def make_head(head: str, in_dims: list[int], n_classes: int) -> nn.Module:
     if head == "upernet": return LightUPerNet(in_dims, n_classes)
     if head == "linear": return LinearHead(in_dims, n_classes)
@@ -101,13 +115,16 @@ def dense_features(enc: Encoder, images: torch.Tensor, bands, batch_size: int = 
     out = [enc.maps(images[s:s + batch_size][:, idx], tuple(layers), size) for s in range(0, len(images), batch_size)]
     return [torch.cat(o) for o in zip(*out)]
 
+# %% ../../nbs/52_eval.dense.ipynb #057c9342
 class _one_thread:
     "Tiny decoders run faster (5× less CPU here) on one thread than with torch's intra-op pool spinning."
     def __enter__(self): self.n = torch.get_num_threads(); torch.set_num_threads(1)
     def __exit__(self, *exc): torch.set_num_threads(self.n)
 
-def train_decoder(maps: list[torch.Tensor], masks: torch.Tensor, n_classes: int, head: str = "upernet", epochs: int = 30,
-                  lr: float = 3e-3, batch_size: int = 16, seed: int = 0, ignore_index: int = 255, balanced: bool = True) -> nn.Module:
+def train_decoder(maps: list[torch.Tensor], masks: torch.Tensor, n_classes: int, head: str = "upernet",
+                  epochs: int = 30,
+                  lr: float = 3e-3, batch_size: int = 16, seed: int = 0, ignore_index: int = 255,
+                  balanced: bool = True) -> nn.Module:
     "Fit a decoder on frozen maps (N×D×h×w each) to masks (N×H×W); `balanced` weights classes by 1/√frequency."
     g = torch.Generator().manual_seed(seed)
     freq = torch.bincount(masks[masks != ignore_index], minlength=n_classes).float()
@@ -126,45 +143,58 @@ def _fit(dec, opt, maps, masks, w, epochs, batch_size, g, ignore_index):
     for _ in range(epochs):
         for b in torch.randperm(len(masks), generator=g).split(batch_size):
             if len(b) < 2 and len(masks) > 1: continue  # BatchNorm needs two samples
-            loss = F.cross_entropy(dec([m[b] for m in maps], masks.shape[-2:]), masks[b], weight=w, ignore_index=ignore_index)
+            loss = F.cross_entropy(dec([m[b] for m in maps], masks.shape[-2:]), masks[b], weight=w,
+                                   ignore_index=ignore_index)
             opt.zero_grad(); loss.backward(); opt.step()
 
+# %% ../../nbs/52_eval.dense.ipynb #70743967
 @torch.no_grad()
 def predict(dec: nn.Module, maps, size) -> torch.Tensor:
     with _one_thread(): return dec(maps, size).argmax(1)
 
+# %% ../../nbs/52_eval.dense.ipynb #3061ad31
 def confusion(y: torch.Tensor, pred: torch.Tensor, n_classes: int, ignore_index: int = 255) -> np.ndarray:
     "n×n confusion matrix (rows: truth) over labelled pixels."
     ok = y != ignore_index
     return torch.bincount(y[ok] * n_classes + pred[ok], minlength=n_classes ** 2).reshape(n_classes, n_classes).numpy()
 
+# %% ../../nbs/52_eval.dense.ipynb #e2abcce2
 def iou_scores(cm: np.ndarray) -> dict:
     "Per-class IoU, mIoU (classes present in truth or prediction), F1 of the last class, pixel accuracy."
     tp, fp, fn = np.diag(cm), cm.sum(0) - np.diag(cm), cm.sum(1) - np.diag(cm)
     den = tp + fp + fn
     iou = np.where(den > 0, tp / np.maximum(den, 1), np.nan)
     f1 = 2 * tp[-1] / max(1, 2 * tp[-1] + fp[-1] + fn[-1])
-    return {"miou": float(np.nanmean(iou)), "iou": [float(v) for v in iou], "f1_last": float(f1), "pixel_acc": float(tp.sum() / max(1, cm.sum()))}
+    return {"miou": float(np.nanmean(iou)), "iou": [float(v) for v in iou], "f1_last": float(f1),
+            "pixel_acc": float(tp.sum() / max(1, cm.sum()))}
+
 
 # %% ../../nbs/52_eval.dense.ipynb #af1a634a
-def dense_probe(maps: list[torch.Tensor], masks: torch.Tensor, n_classes: int, metric: str = "miou", head: str = "upernet",
-                epochs: int = 30, n_folds: int = 3, n_repeats: int = 1, seed: int = 0, ignore_index: int = 255) -> ProbeResult:
+def dense_probe(maps: list[torch.Tensor], masks: torch.Tensor, n_classes: int, metric: str = "miou",
+                head: str = "upernet",
+                epochs: int = 30, n_folds: int = 3, n_repeats: int = 1, seed: int = 0,
+                ignore_index: int = 255) -> ProbeResult:
     "k-fold over tiles: decoder trained per fold, metric per fold (mIoU, or 'f1_change' = F1 of the last class)."
     from sklearn.model_selection import RepeatedKFold
-    from deo_kit.eval.probes import folds_digest
     if len(masks) < n_folds: raise ValueError(f"{len(masks)} tiles are fewer than the {n_folds} folds")
     folds = list(RepeatedKFold(n_splits=n_folds, n_repeats=n_repeats, random_state=seed).split(np.zeros(len(masks))))
     per, t0 = {}, time.perf_counter()
     for i, (tr, te) in enumerate(folds):
         tr, te = torch.as_tensor(tr), torch.as_tensor(te)
-        dec = train_decoder([m[tr] for m in maps], masks[tr], n_classes, head, epochs, seed=seed + i, ignore_index=ignore_index)
-        s = iou_scores(confusion(masks[te], predict(dec, [m[te] for m in maps], masks.shape[-2:]), n_classes, ignore_index))
-        for k, v in (("miou", s["miou"]), ("f1_change", s["f1_last"]), ("pixel_acc", s["pixel_acc"])): per.setdefault(k, []).append(v)
+        dec = train_decoder([m[tr] for m in maps], masks[tr], n_classes, head, epochs, seed=seed + i,
+                            ignore_index=ignore_index)
+        s = iou_scores(confusion(masks[te], predict(dec, [m[te] for m in maps], masks.shape[-2:]), n_classes,
+                                 ignore_index))
+        for k, v in (("miou", s["miou"]), ("f1_change", s["f1_last"]), ("pixel_acc", s["pixel_acc"])):
+            per.setdefault(k, []).append(v)
         for c, v in enumerate(s["iou"]): per.setdefault(f"iou_{c}", []).append(v)
     v = np.array(per[metric])
     proto = dict(probe=f"{head} decoder", n_folds=n_folds, n_repeats=n_repeats, epochs=epochs, n_tiles=len(masks))
-    return ProbeResult(metric, float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, [float(a) for a in v], per, proto,
-                       folds_digest=folds_digest(folds), n_samples=len(masks), seed=seed, wall_s=time.perf_counter() - t0)
+    return ProbeResult(metric, float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, [float(a) for a in v], per,
+                       proto,
+                       folds_digest=folds_digest(folds), n_samples=len(masks), seed=seed,
+                       wall_s=time.perf_counter() - t0)
+
 
 # %% ../../nbs/52_eval.dense.ipynb #a515bd0a
 def _provenance(res: ProbeResult, enc, data, layer, command, classes) -> ProbeResult:
@@ -175,17 +205,19 @@ def _provenance(res: ProbeResult, enc, data, layer, command, classes) -> ProbeRe
 
 def _layers(enc, layer): return ("mid", "last") if layer in ("last", "mid+last") else (layer,)
 
-def evaluate_seg(encoder, data, head: str = "upernet", epochs: int = 30, tile: int = 64, n_folds: int = 3, n_repeats: int = 1,
+def evaluate_seg(encoder, data, head: str = "upernet", epochs: int = 30, tile: int = 64, n_folds: int = 3,
+                 n_repeats: int = 1,
                  seed: int = 0, layer: str = "last", size: int | None = None, teacher_path=None, progress: bool = True,
                  command: str | None = None) -> ProbeResult:
     "Segmentation probe: `data` is a Landsat-8 folder with BQA (cloud target), or a `SegTiles`."
-    enc = load_encoder(encoder, teacher_path=teacher_path, sensor="landsat-8" if isinstance(data, (str, Path)) else data.sensor) if isinstance(encoder, str) else encoder
+    enc = load_encoder(encoder, teacher_path=teacher_path, sensor="landsat-8" if isinstance(data, (str,
+        Path)) else data.sensor) if isinstance(encoder, str) else encoder
     if not isinstance(data, SegTiles) and enc.sensor != "landsat-8":
-        from deo_kit.data.bands import BAND_SETS
         band_index(enc, BAND_SETS["l8-oli"].bands)  # names the Sentinel-2 bands a Landsat scene lacks
     tiles = data if isinstance(data, SegTiles) else l8_cloud_tiles(data, enc.bands, tile)
     maps = dense_features(enc, tiles.images, tiles.bands, size=size, layers=_layers(enc, layer))
-    res = dense_probe(maps, tiles.masks, len(tiles.classes), "miou", head, epochs, n_folds, n_repeats, seed, tiles.ignore_index)
+    res = dense_probe(maps, tiles.masks, len(tiles.classes), "miou", head, epochs, n_folds, n_repeats, seed,
+                      tiles.ignore_index)
     return _provenance(res, enc, tiles.root, layer, command, tiles.classes)
 
 # %% ../../nbs/52_eval.dense.ipynb #a7fec029
@@ -194,29 +226,35 @@ class ChangePairs(SegTiles):
     def __init__(self, images, images2, masks, bands, sensor="sentinel-2", root="", synthetic: bool = False):
         super().__init__(images, masks, bands, ["no change", "change"], sensor, root)
         self.images2, self.synthetic = torch.as_tensor(images2, dtype=torch.float32), synthetic
-        if self.images2.shape != self.images.shape: raise ValueError(f"date-2 images {tuple(self.images2.shape)} differ from date-1 {tuple(self.images.shape)}")
+        if self.images2.shape != self.images.shape:
+            raise ValueError(f"date-2 images {tuple(self.images2.shape)} differ from date-1 {tuple(self.images.shape)}")
 
-def synthetic_change_pairs(scene, bands=("B04", "B03", "B02"), n: int = 24, tile: int = 112, seed: int = 0) -> ChangePairs:
-    "SYNTHETIC change on REAL imagery: date 2 = date 1 × gain (0.95–1.05) with a rectangle pasted from another real tile."
-    from deo_kit.data.io import open_band_files
+
+# %% ../../nbs/52_eval.dense.ipynb #e085eb2e
+def synthetic_change_pairs(scene, bands=("B04", "B03", "B02"), n: int = 24, tile: int = 112,
+                           seed: int = 0) -> ChangePairs:
+    ("SYNTHETIC change on REAL imagery: date 2 = date 1 × gain (0.95–1.05) with a rectangle pasted from another real "
+     "tile.")
     da = open_band_files(scene, bands=bands)
     img = _tile(np.nan_to_num(da.values), tile)  # T C t t
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(img), size=min(n, len(img)), replace=False)
-    a, b, m = img[pick].copy(), img[pick] * rng.uniform(0.95, 1.05, (len(pick), 1, 1, 1)), np.zeros((len(pick), tile, tile), np.int64)
+    a, b, m = img[pick].copy(), img[pick] * rng.uniform(0.95, 1.05, (len(pick), 1, 1, 1)), np.zeros((len(pick), tile,
+                                                                                                     tile), np.int64)
     for i in range(len(pick)):
         src = img[rng.integers(len(img))]
         h, w = rng.integers(tile // 4, tile // 2, 2); r, c = rng.integers(0, tile - h), rng.integers(0, tile - w)
         b[i, :, r:r + h, c:c + w] = src[:, r:r + h, c:c + w]
-        m[i, r:r + h, c:c + w] = np.abs(src[:, r:r + h, c:c + w] - a[i, :, r:r + h, c:c + w]).max(0) > 0.1 * a[i].mean()  # only where it really differs
+        m[i, r:r + h, c:c + w] = np.abs(src[:, r:r + h, c:c + w] - a[i, :, r:r + h,
+            c:c + w]).max(0) > 0.1 * a[i].mean()  # only where it really differs
     return ChangePairs(a, b.astype(np.float32), m, bands, "sentinel-2", f"{scene} (synthetic change)", synthetic=True)
 
 # %% ../../nbs/52_eval.dense.ipynb #fc999164
 def oscd_pairs(root, bands, tile: int = 112, change_value: int | None = None) -> ChangePairs:
     "OSCD-style folders → tiled ChangePairs (change = mask == change_value, or mask > 0 when None)."
-    from deo_kit.data.io import RASTER_SUFFIXES, open_band_files, open_raster
     root = Path(root)
-    cities = sorted(d for d in root.iterdir() if d.is_dir() and any((d / n).is_dir() for n in ("imgs_1", "imgs_1_rect"))) if root.is_dir() else []
+    cities = sorted(d for d in root.iterdir() if d.is_dir() and any((d / n).is_dir() for n in ("imgs_1",
+        "imgs_1_rect"))) if root.is_dir() else []
     if not cities: raise FileNotFoundError(f"{root}: no OSCD-style pair folders (<city>/imgs_1, imgs_2, cm)")
     A, B, M = [], [], []
     for d in cities:
@@ -232,10 +270,13 @@ def oscd_pairs(root, bands, tile: int = 112, change_value: int | None = None) ->
         A.append(_tile(a, tile)); B.append(_tile(b, tile)); M.append(_tile(m.astype(np.int64), tile))
     return ChangePairs(np.concatenate(A), np.concatenate(B), np.concatenate(M), bands, "sentinel-2", root)
 
-def evaluate_cd(encoder, data, head: str = "upernet", epochs: int = 30, tile: int = 112, n_folds: int = 3, n_repeats: int = 1,
+# %% ../../nbs/52_eval.dense.ipynb #e28a6a59
+def evaluate_cd(encoder, data, head: str = "upernet", epochs: int = 30, tile: int = 112, n_folds: int = 3,
+                n_repeats: int = 1,
                 seed: int = 0, layer: str = "last", size: int | None = None, teacher_path=None, progress: bool = True,
                 command: str | None = None, synthetic_n: int = 24) -> ProbeResult:
-    "Change-detection probe: `data` is an OSCD-style root, a scene folder (synthetic changes inserted) or `ChangePairs`."
+    ("Change-detection probe: `data` is an OSCD-style root, a scene folder (synthetic changes inserted) or "
+     "`ChangePairs`.")
     enc = load_encoder(encoder, teacher_path=teacher_path) if isinstance(encoder, str) else encoder
     if isinstance(data, ChangePairs): pairs = data
     else:
@@ -244,7 +285,8 @@ def evaluate_cd(encoder, data, head: str = "upernet", epochs: int = 30, tile: in
         except FileNotFoundError: pairs = synthetic_change_pairs(p, enc.bands, synthetic_n, tile, seed)
     L = _layers(enc, layer)
     m1, m2 = (dense_features(enc, im, pairs.bands, size=size, layers=L) for im in (pairs.images, pairs.images2))
-    res = dense_probe([b - a for a, b in zip(m1, m2)], pairs.masks, 2, "f1_change", head, epochs, n_folds, n_repeats, seed)
+    res = dense_probe([b - a for a, b in zip(m1, m2)], pairs.masks, 2, "f1_change", head, epochs, n_folds, n_repeats,
+                      seed)
     res.protocol["synthetic_change"] = pairs.synthetic
     return _provenance(res, enc, pairs.root, layer, command, pairs.classes)
 
@@ -258,10 +300,10 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
 
 # %% ../../nbs/52_eval.dense.ipynb #676b6b21
 def evaluate_cka(encoder, data, layer: str = "global", layout: str = "eurosat-ms", n_folds: int = 3, seed: int = 0,
-                 size: int | None = None, teacher_path=None, cache_dir=None, progress: bool = True, command: str | None = None) -> ProbeResult:
-    "CKA of the encoder's features (both paths of a student with an RGB stem) with the optical teacher's, on a labelled folder."
-    from deo_kit.eval.encoders import StudentEncoder, extract_features
-    from deo_kit.eval.probes import folds_digest, load_labelled
+                 size: int | None = None, teacher_path=None, cache_dir=None, progress: bool = True,
+                 command: str | None = None) -> ProbeResult:
+    ("CKA of the encoder's features (both paths of a student with an RGB stem) with the optical teacher's, on a "
+     "labelled folder.")
     ds = load_labelled(data, layout) if isinstance(data, (str, Path)) else data
     enc = load_encoder(encoder, teacher_path=teacher_path) if isinstance(encoder, str) else encoder
     teacher = load_encoder("teacher", teacher_path=teacher_path)
@@ -269,7 +311,8 @@ def evaluate_cka(encoder, data, layer: str = "global", layout: str = "eurosat-ms
     encs = {"cka": enc}
     if isinstance(enc, StudentEncoder) and getattr(enc.model, "rgb_stem", None) is not None:
         m = enc
-        other = StudentEncoder(m.model, m.all_bands, m.mean, m.std, m.rgb_scale, "rgb" if m.path == "ms" else "ms", f"{m.name} (other path)", m.sensor, m.digest)
+        other = StudentEncoder(m.model, m.norm, "rgb" if m.path == "ms" else "ms", f"{m.name} (other path)", m.sensor,
+                               m.digest)
         encs = {f"cka_{m.path}": m, f"cka_{other.path}": other}
     from sklearn.model_selection import KFold
     folds = [te for _, te in KFold(n_folds, shuffle=True, random_state=seed).split(T)]
@@ -281,6 +324,7 @@ def evaluate_cka(encoder, data, layer: str = "global", layout: str = "eurosat-ms
     metric = "cka_ms" if "cka_ms" in per else "cka"
     v = np.array(per[metric])
     res = ProbeResult(metric, float(v.mean()), float(v.std(ddof=1)), [float(a) for a in v], per,
-                      dict(probe="linear CKA vs teacher", n_folds=n_folds, teacher=teacher.name), folds_digest=folds_digest([(None, te) for te in folds]),
+                      dict(probe="linear CKA vs teacher", n_folds=n_folds, teacher=teacher.name),
+                      folds_digest=folds_digest([(None, te) for te in folds]),
                       n_samples=len(ds), seed=seed)
     return _provenance(res, enc, getattr(ds, "root", data), layer, command, getattr(ds, "classes", []))

@@ -4,21 +4,26 @@
 
 # %% ../../nbs/50_eval.encoders.ipynb #80d97d5a
 from __future__ import annotations
-import hashlib, json, math, os
+import hashlib, json, os, warnings
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ..config import DEOConfig, config_from_dict, load_config, load_yaml
-from ..data.bands import RGB_BANDS, canonical_sensor, get_band_set, rgb_indices
-from ..data.crops import FMOW_RGB_MEAN, FMOW_RGB_STD
-from ..data.stats import get_stats
-from ..models.student import create_student, init_student_from_teacher
+from ..core import atomic_path
+from ..config import load_config
+from ..checkpoint import checkpoint_normalisation, latest_checkpoint, run_config
+from ..data.bands import RGB_BANDS, canonical_sensor, get_band_set
+from ..data.norm import Normalisation
+from ..models.convert import load_checked, read_state_dict
+from ..models.deo_ref import load_deo_checkpoint
+from ..models.student import init_student_from_teacher, student_from_config
+from ..models.teachers import load_optical_teacher, random_teacher, resolve_teacher_path
 
 # %% auto #0
-__all__ = ['LAYERS', 'RGB_RANGE', 'Encoder', 'resize', 'BandStatsEncoder', 'rgb_unit', 'TeacherEncoder', 'build_student',
-           'StudentEncoder', 'file_digest', 'load_run_encoder', 'preset_student', 'load_encoder', 'dataset_bands',
-           'band_index', 'feature_cache_path', 'extract_features']
+__all__ = ['LAYERS', 'RGB_RANGE', 'SCALE_RANGE', 'NODATA_RULES', 'Encoder', 'resize', 'sample_parts', 'sample_image',
+           'BandStatsEncoder', 'rgb_unit', 'TeacherEncoder', 'StudentEncoder', 'file_digest', 'load_run_encoder',
+           'preset_student', 'load_encoder', 'dataset_bands', 'band_index', 'feature_cache_path', 'item_source',
+           'check_pixels', 'extract_features']
 
 # %% ../../nbs/50_eval.encoders.ipynb #b735f0ca
 LAYERS = ("global", "cat", "mid", "last")
@@ -32,9 +37,12 @@ class Encoder:
     patch_size: int = 1            # stride of its maps; input sizes must be multiples
     default_size: int | None = None # input size used when `features(size=None)` (None = keep the input size)
     digest: str = ""               # identifies the weights (feature-cache key)
+    # typical raw pixel value of the statistics it normalises with (range check); None = unchecked
+    dn_level: float | None = None
     device: torch.device = torch.device("cpu")
 
-    def __repr__(self): return f"Encoder({self.name!r}, bands={list(self.bands)}, maps={self.has_maps}, patch={self.patch_size})"
+    def __repr__(self):
+        return f"Encoder({self.name!r}, bands={list(self.bands)}, maps={self.has_maps}, patch={self.patch_size})"
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, # B C H W raw DN in `self.bands` order
@@ -43,7 +51,8 @@ class Encoder:
                 ) -> torch.Tensor: # B D, or B D h w for maps
         "Frozen features of a batch (no grad, eval mode)."
         if layer not in LAYERS: raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
-        if layer in ("mid", "last") and not self.has_maps: raise ValueError(f"{self.name}: gives no patch maps (layer {layer!r})")
+        if layer in ("mid", "last") and not self.has_maps:
+            raise ValueError(f"{self.name}: gives no patch maps (layer {layer!r})")
         return self._forward(self._prepare(x, size), layer).float().cpu()
 
     @torch.no_grad()
@@ -53,12 +62,14 @@ class Encoder:
         return [t.float().cpu() for t in self._forward(self._prepare(x, size), tuple(layers))]
 
     def _prepare(self, x, size):
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = torch.as_tensor(sample_image(x), dtype=torch.float32)
         if x.ndim != 4 or x.shape[1] != len(self.bands):
-            raise ValueError(f"{self.name}: expects B×{len(self.bands)}×H×W raw values in band order {list(self.bands)}, got {tuple(x.shape)}")
+            raise ValueError(f"{self.name}: expects B×{len(self.bands)}×H×W raw values in band order "
+                             f"{list(self.bands)}, got {tuple(x.shape)}")
         x = resize(x.to(self.device), size or self.default_size)
         if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
-            raise ValueError(f"{self.name}: input {x.shape[-2]}×{x.shape[-1]} is not a multiple of the patch size {self.patch_size}; pass size=")
+            raise ValueError(f"{self.name}: input {x.shape[-2]}×{x.shape[-1]} is not a multiple of the patch size "
+                             f"{self.patch_size}; pass size=")
         return x
 
 def _pick(glob, mid, last, layer):
@@ -68,11 +79,28 @@ def _pick(glob, mid, last, layer):
     if layer == "cat": return torch.cat([glob, last.mean((2, 3))], 1)
     return mid if layer == "mid" else last
 
+# %% ../../nbs/50_eval.encoders.ipynb #e3540f94
 def resize(x: torch.Tensor, # B C H W
            size: int | None) -> torch.Tensor:
     "Bilinear resize to size×size (antialiased when shrinking); None or the same size = unchanged."
     if size is None or tuple(x.shape[-2:]) == (size, size): return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < max(x.shape[-2:]))
+
+# %% ../../nbs/50_eval.encoders.ipynb #462d2192
+def sample_parts(item) -> tuple:
+    ("(image, label) of one sample: an (image, label) pair, a TorchGeo-style dict (`image` + `label` or `mask`), or a "
+     "bare image (label None).")
+    if isinstance(item, dict):
+        if "image" not in item: raise KeyError("a sample dict needs an 'image' entry (TorchGeo style); this one has "
+                                               f"{sorted(item)}")
+        return item["image"], item.get("label", item.get("mask"))
+    if isinstance(item, (tuple, list)): return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+# %% ../../nbs/50_eval.encoders.ipynb #e12123ad
+def sample_image(x):
+    "The image of a batch or sample: a tensor/array as it is, or the `image` entry of a TorchGeo-style dict."
+    return sample_parts(x)[0] if isinstance(x, dict) else x
 
 # %% ../../nbs/50_eval.encoders.ipynb #6d560b79
 class BandStatsEncoder(Encoder):
@@ -81,6 +109,7 @@ class BandStatsEncoder(Encoder):
         bs = get_band_set(bands, sensor)
         self.bands, self.sensor, self.patch_size = bs.bands, bs.sensor, patch_size
         self.name, self.digest = "band-stats" + ("" if bands == "s2-13" else f":{bands}"), "band-stats-v1"
+        self.dn_level = 1000.0 if self.sensor == "sentinel-2" else 12500.0  # its x / 10000 assumes DN
 
     def _forward(self, x, layer):
         x = x / 10000  # DN scale; probes standardise anyway
@@ -100,6 +129,7 @@ def rgb_unit(rgb: torch.Tensor, # B 3 H W raw DN
     lo, hi = RGB_RANGE[canonical_sensor(sensor)]
     return ((rgb - lo) / (hi - lo)).clamp(0, 1)
 
+# %% ../../nbs/50_eval.encoders.ipynb #1319ae96
 class TeacherEncoder(Encoder):
     "The frozen optical teacher (`OpticalTeacher`) on the RGB bands of one sensor."
     def __init__(self, teacher, name: str = "teacher", sensor: str = "sentinel-2", digest: str = "", size: int = 224):
@@ -107,42 +137,37 @@ class TeacherEncoder(Encoder):
         self.bands, self.patch_size, self.has_maps = RGB_BANDS[self.sensor], teacher.patch_size, True
         self.default_size = round(size / teacher.patch_size) * teacher.patch_size
         self.digest, self.device = digest, next(teacher.parameters()).device
+        self.dn_level = sum(RGB_RANGE[self.sensor]) / 2  # rgb_unit's fixed range assumes DN
 
     def _forward(self, x, layer):
         out = self.teacher(rgb_unit(x, self.sensor))
         return _pick(out.cls, out.mid, out.last, layer)
 
 # %% ../../nbs/50_eval.encoders.ipynb #87428f05
-def build_student(cfg: DEOConfig):
-    "The student network of `cfg` (untrained; same arguments as `DEOModel`)."
-    bands = get_band_set(cfg.data.bands)
-    s = cfg.student
-    return create_student(s.arch, patch_size=s.patch_size, in_chans=len(bands), img_size=cfg.crops.global_size,
-                          window_size=s.window_size, mid_stage=s.mid_stage, drop_path_rate=s.drop_path_rate,
-                          rgb_stem=s.rgb_stem, rgb_idx=tuple(rgb_indices(bands)), **s.kwargs)
-
 class StudentEncoder(Encoder):
-    "A dual-stem student (ViT or Swin) through its MS or RGB path, with its training normalisation."
-    def __init__(self, model, bands: tuple[str, ...], mean, std, rgb_scale: float | None, path: str = "ms",
-                 name: str = "", sensor: str = "sentinel-2", digest: str = ""):
+    "A dual-stem student (ViT or Swin) through its MS or RGB path, with the normalisation it was trained with."
+    def __init__(self, model,
+                 norm: Normalisation, # the student's input normalisation (all its bands; saved in its checkpoint)
+                 path: str = "ms", name: str = "", sensor: str = "sentinel-2", digest: str = ""):
         if path not in ("ms", "rgb"): raise ValueError(f"path must be 'ms' or 'rgb', got {path!r}")
-        self.model, self.path, self.name, self.digest = model.eval(), path, name, digest
+        if tuple(norm.rgb_idx) != tuple(model.rgb_idx) or len(norm.bands) != getattr(model, "in_chans",
+                                                                                     len(norm.bands)):
+            raise ValueError(f"{name}: the normalisation ({len(norm.bands)} bands, RGB at {norm.rgb_idx}) does not fit "
+                             "the model "
+                             f"({getattr(model, 'in_chans', '?')} bands, RGB at {tuple(model.rgb_idx)})")
+        self.model, self.norm, self.path, self.name, self.digest = model.eval(), norm, path, name, digest
         self.sensor = canonical_sensor(sensor)
-        self.bands = self.all_bands = tuple(bands)  # all_bands: what normalisation is looked up by
-        self.rgb_idx = list(model.rgb_idx)
-        self.mean, self.std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-        self.rgb_scale, self.patch_size, self.device = rgb_scale, model.patch_size, next(model.parameters()).device
+        self.bands = self.all_bands = tuple(norm.bands)  # all_bands: what the normalisation reads
+        self.rgb_idx = list(norm.rgb_idx)
+        self.mean, self.std = torch.tensor(norm.mean, dtype=torch.float32), torch.tensor(norm.std,
+                                                                                         dtype=torch.float32)  # DN
+        self.dn_level = float(self.mean.mean())  # its statistics' scale
+        self.rgb_scale, self.patch_size, self.device = norm.rgb_scale, model.patch_size, next(model.parameters()).device
         if path == "rgb": self.bands = tuple(self.bands[i] for i in self.rgb_idx)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        "Raw DN (B C H W, all bands) → the normalised input the student was trained on."
-        m, s, ri = self.mean.to(x).view(1, -1, 1, 1), self.std.to(x).view(1, -1, 1, 1), self.rgb_idx
-        out = (x - m) / s
-        if self.rgb_scale is not None: out[:, ri] = (x[:, ri].clamp(0, self.rgb_scale) - m[:, ri]) / s[:, ri]
-        else:
-            rgb = x[:, ri] / x[:, ri].amax((1, 2, 3), keepdim=True).clamp_min(1e-6)
-            out[:, ri] = (rgb - torch.tensor(FMOW_RGB_MEAN).to(x).view(1, 3, 1, 1)) / torch.tensor(FMOW_RGB_STD).to(x).view(1, 3, 1, 1)
-        return out
+        "Raw DN (B C H W, all bands) → the normalised input the student was trained on (`self.norm`)."
+        return self.norm(x).to(x.dtype)
 
     def _forward(self, x, layer):
         if self.path == "rgb":  # rebuild a full-band tensor so normalisation is looked up by band
@@ -166,35 +191,31 @@ def file_digest(path, chunk: int = 1 << 22) -> str:
         for b in iter(lambda: f.read(chunk), b""): h.update(b)
     return h.hexdigest()[:16]
 
-def _stats_of(cfg: DEOConfig):
-    bands = get_band_set(cfg.data.bands)
-    mean, std = get_stats(cfg.data.stats).select(bands.bands)
-    return bands, mean, std
-
-def _student_encoder(model, cfg, path, name, digest):
-    bands, mean, std = _stats_of(cfg)
+def _student_encoder(model, cfg, path, name, digest, norm: Normalisation | None = None):
+    "A StudentEncoder with `norm` (a checkpoint's), or the config's normalisation for untrained students."
+    norm, sensor = norm or Normalisation.from_config(cfg), get_band_set(cfg.data.bands).sensor
     if path == "rgb" and getattr(model, "rgb_stem", None) is None:
-        raise ValueError(f"{name}: this model has no RGB stem (student.rgb_stem was false, or it is the EMA teacher); use the MS path")
-    return StudentEncoder(model, bands.bands, mean, std, cfg.crops.rgb_scale, path, name, bands.sensor, digest)
+        raise ValueError(f"{name}: this model has no RGB stem (student.rgb_stem was false, or it is the EMA teacher); "
+                         "use the MS path")
+    return StudentEncoder(model, norm, path, name, sensor, digest)
 
 # %% ../../nbs/50_eval.encoders.ipynb #db5825e9
 def load_run_encoder(run_dir, path: str = "ms", name: str | None = None, device="cpu") -> StudentEncoder:
     "The student (MS or RGB path) or EMA teacher of a `deo pretrain` run folder or checkpoint folder."
-    from safetensors.torch import load_file
-    from deo_kit.models.deo_ref import load_checked
-    from deo_kit.train.loop import latest_checkpoint
     run_dir = Path(run_dir)
-    if not run_dir.exists(): raise FileNotFoundError(f"{run_dir}: no such run folder (an encoder spec is a run folder written by `deo pretrain`, or random:/init:/teacher/band-stats/deo-ref:)")
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (an encoder spec is a run folder written by `deo "
+                                "pretrain`, or random:/init:/teacher/band-stats/deo-ref:)")
     ckpt = latest_checkpoint(run_dir)
-    cfg_file = run_dir / "config.yaml" if (run_dir / "config.yaml").is_file() else None
-    cfg = config_from_dict(load_yaml(cfg_file)) if cfg_file else config_from_dict(json.loads((ckpt / "state.json").read_text())["config"])
-    sd = load_file(str(ckpt / "model.safetensors"))
+    cfg, sd = run_config(run_dir), read_state_dict(ckpt / "model.safetensors")
     prefix = "ema.backbone." if path == "teacher" else "student."
-    model = build_student(cfg)
+    model = student_from_config(cfg)
     if path == "teacher": model.rgb_stem = None  # the EMA copy has no RGB stem
     load_checked(model, {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, f"{ckpt} ({prefix}*)")
     model.to(device)
-    return _student_encoder(model, cfg, "ms" if path == "teacher" else path, name or f"{run_dir}:{path}", file_digest(ckpt / "model.safetensors"))
+    return _student_encoder(model, cfg, "ms" if path == "teacher" else path, name or f"{run_dir}:{path}",
+                            file_digest(ckpt / "model.safetensors"),
+                            checkpoint_normalisation(ckpt))
 
 # %% ../../nbs/50_eval.encoders.ipynb #71beae63
 def preset_student(preset: str, init: bool, teacher_path=None, seed: int = 0):
@@ -202,9 +223,8 @@ def preset_student(preset: str, init: bool, teacher_path=None, seed: int = 0):
     cfg = load_config(preset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_student(cfg)
+        model = student_from_config(cfg)
     if init and cfg.student.init_from_teacher:
-        from deo_kit.models.teachers import load_optical_teacher
         teacher = load_optical_teacher(teacher_path or cfg.teacher.path, arch=cfg.teacher.arch)
         init_student_from_teacher(model, teacher, tuple(model.rgb_idx))
     return cfg, model
@@ -216,12 +236,11 @@ def load_encoder(spec: str, # see the table above
                  sensor: str = "sentinel-2" # sensor whose RGB bands `teacher` / band-stats read
                 ) -> Encoder:
     "Load a frozen encoder from its spec string."
-    from deo_kit.models.teachers import load_optical_teacher, resolve_teacher_path
     device, spec = torch.device(device), str(spec)
     kind, _, arg = spec.partition(":")
-    if kind == "band-stats": return BandStatsEncoder(arg or ("s2-13" if canonical_sensor(sensor) == "sentinel-2" else "l8-oli"), sensor)
+    if kind == "band-stats":
+        return BandStatsEncoder(arg or ("s2-13" if canonical_sensor(sensor) == "sentinel-2" else "l8-oli"), sensor)
     if kind == "teacher" and arg == "random":  # same architecture as the demo teacher, random weights (seeded)
-        from deo_kit.train.meta import random_teacher
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0); t = random_teacher("vit_small_patch14_dinov2").to(device)
         return TeacherEncoder(t, spec, sensor, "random-vits14-seed0")
@@ -233,16 +252,19 @@ def load_encoder(spec: str, # see the table above
         if not arg: raise ValueError(f"{spec!r}: name a preset, e.g. {kind}:small")
         cfg, model = preset_student(arg, kind == "init", resolve_teacher_path(teacher_path) if kind == "init" else None)
         path = "ms"
-        return _student_encoder(model.to(device), cfg, path, spec, f"{kind}:{arg}:seed0" + (f":{file_digest(resolve_teacher_path(teacher_path))}" if kind == "init" else ""))
+        return _student_encoder(model.to(device), cfg, path, spec,
+                                f"{kind}:{arg}:seed0" + (f":{file_digest(resolve_teacher_path(teacher_path))}"
+                                                         if kind == "init" else ""))
     if kind == "deo-ref":
-        from deo_kit.models.deo_ref import load_deo_checkpoint
         p, path = _split_path(arg)
         model = load_deo_checkpoint(p, freeze=True).to(device)
         bands = get_band_set("s2-10-deo") if model.in_chans == 10 else None
-        if bands is None: raise ValueError(f"{p}: a DEO checkpoint with {model.in_chans} input bands; only the 10-band s2-10-deo set is known")
-        mean, std = get_stats("s2-l1c").select(bands.bands)
+        if bands is None:
+            raise ValueError(f"{p}: a DEO checkpoint with {model.in_chans} input bands; only the 10-band s2-10-deo set "
+                             "is known")
         if path == "rgb" and model.rgb_stem is None: raise ValueError(f"{p}: this DEO checkpoint has no RGB stem")
-        return StudentEncoder(model, bands.bands, mean, std, None, path or "ms", spec, bands.sensor, file_digest(p))
+        return StudentEncoder(model, Normalisation.from_names(bands, "s2-l1c", None), path or "ms", spec, bands.sensor,
+                              file_digest(p))
     run, path = _split_path(spec)
     return load_run_encoder(run, path or "ms", spec, device)
 
@@ -251,54 +273,153 @@ def dataset_bands(dataset) -> tuple[str, ...]:
     "Band names of a dataset's tensors (`dataset.bands`, also through torch `Subset`s)."
     d = dataset
     while not hasattr(d, "bands") and hasattr(d, "dataset"): d = d.dataset
-    if getattr(d, "bands", None) is None: raise ValueError(f"{type(dataset).__name__} does not name its bands (no .bands): cannot match them to the encoder's")
+    if getattr(d, "bands", None) is None:
+        raise ValueError(f"{type(dataset).__name__} does not name its bands (no .bands): cannot match them to the "
+                         "encoder's")
     return tuple(str(b) for b in d.bands)
 
+# %% ../../nbs/50_eval.encoders.ipynb #be869315
 def band_index(enc: Encoder, bands) -> list[int]:
     "Positions of the encoder's bands among `bands`; a missing band is an error that names it."
     bands = tuple(bands)
     missing = [b for b in enc.bands if b not in bands]
-    if missing: raise ValueError(f"{enc.name}: the data lacks band(s) {missing} that this encoder reads {list(enc.bands)}; the data has {list(bands)}")
+    if missing:
+        raise ValueError(f"{enc.name}: the data lacks band(s) {missing} that this encoder reads {list(enc.bands)}; the "
+                         f"data has {list(bands)}")
     return [bands.index(b) for b in enc.bands]
 
 # %% ../../nbs/50_eval.encoders.ipynb #070a61d6
+def _stamp(f) -> list:
+    "Size and modification time of a file, or of every file in a folder: overwritten images get a new cache key."
+    f = Path(f)
+    if f.is_dir(): return [[p.name, *_stamp(p)] for p in sorted(f.iterdir()) if p.is_file()]
+    st = f.stat() if f.exists() else None
+    return [st.st_size, st.st_mtime_ns] if st else []
+
 def _data_key(dataset) -> str:
-    "What identifies a dataset's content: its root and file list (or its class name and length)."
+    ("What identifies a dataset's content: its root, files (with size and mtime), layout and bands (or its class name "
+     "and length).")
     d = dataset
     files = getattr(d, "files", None) or getattr(d, "patches", None)
     idx = getattr(d, "indices", None)
-    while files is None and hasattr(d, "dataset"): d = d.dataset; files = getattr(d, "files", None) or getattr(d, "patches", None)
-    desc = {"root": str(getattr(d, "root", "")), "n": len(dataset), "files": [str(f) for f in files] if files else type(d).__name__,
+    while files is None and hasattr(d, "dataset"):
+        d = d.dataset; files = getattr(d, "files", None) or getattr(d, "patches", None)
+    desc = {"root": str(getattr(d, "root", "")), "n": len(dataset), "files": [[str(f),
+        _stamp(f)] for f in files] if files else type(d).__name__,
+            "layout": str(getattr(d, "layout", None)), "bands": [str(b) for b in getattr(d, "bands", None) or ()],
             "idx": list(map(int, idx)) if idx is not None else None, "key": getattr(dataset, "cache_key", None)}
     return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:16]
 
-def feature_cache_path(enc: Encoder, dataset, layer: str, size: int | None, cache_dir) -> Path:
-    "The cache file for (encoder + digest, data, layer, size)."
-    key = json.dumps([enc.name, enc.digest, list(enc.bands), _data_key(dataset), layer, size or enc.default_size])
+def feature_cache_path(enc: Encoder, dataset, layer: str, size: int | None, cache_dir,
+                       pixels: dict | None = None # the pixel rules in use (nodata, scale): part of the key
+                      ) -> Path:
+    "The cache file for (encoder + digest, data content, layer, size, pixel rules)."
+    key = json.dumps([enc.name, enc.digest, list(enc.bands), _data_key(dataset), layer, size or enc.default_size,
+                      pixels or {}])
     safe = "".join(c if c.isalnum() else "_" for c in enc.name.split("/")[-1])[:40]
     return Path(cache_dir) / f"{safe}-{layer}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+# %% ../../nbs/50_eval.encoders.ipynb #c4e0a116
+# an image whose mean lies outside [typical/50, typical×20] of its statistics is refused: reflectance in [0, 1] is
+# ~10,000× low,
+# while the darkest real DN images (L2A water) stay within 1/10 and the brightest (L1C cloud, snow) within 10×
+SCALE_RANGE = (1 / 50, 20)
+NODATA_RULES = ("error", "mean", "zero")
+
+def item_source(dataset, i: int) -> str:
+    "The file (or patch folder) behind item `i`, through torch `Subset`s; else 'item i of <class>'."
+    d, j = dataset, i
+    while hasattr(d, "dataset") and hasattr(d, "indices"): j = int(d.indices[j]); d = d.dataset
+    files = getattr(d, "files", None) or getattr(d, "patches", None)
+    return str(files[j]) if files is not None else f"item {i} of {type(d).__name__}"
+
+def _stored_dtype(src: str) -> str | None:
+    "The on-disk pixel type of a raster file (None for folders and non-files)."
+    if not Path(src).is_file(): return None
+    import rasterio
+    with rasterio.open(src) as ds: return ds.dtypes[0]
+
+# %% ../../nbs/50_eval.encoders.ipynb #8c78fac9
+def _fill(x: torch.Tensor, bad: torch.Tensor, rule: str, src: str) -> torch.Tensor:
+    "NaN pixels replaced by the band's mean of valid pixels, or 0."
+    n = (~bad).flatten(1).sum(1)
+    if rule == "mean" and (n == 0).any():
+        raise ValueError(f"{src}: band(s) {[i for i in range(len(n)) if n[i] == 0]} have no valid pixel to take a mean "
+                         "of; remove the file")
+    fill = torch.where(bad, 0.0, x).flatten(1).sum(1) / n.clamp_min(1) if rule == "mean" else torch.zeros(len(x))
+    return torch.where(bad, fill.view(-1, 1, 1), x)
+
+def check_pixels(x: torch.Tensor, # C H W raw values of one image, in the encoder's band order
+                 src: str, # its file, named in every error
+                 enc: Encoder, nodata: str = "error", # NaN pixels: 'error', or a per-band fill 'mean' / 'zero' (warns)
+                 scale: float | None = None, # stated factor applied first (10000 for reflectance in [0, 1])
+                 shape: tuple | None = None # (H, W) every image of the dataset must have (the first one's)
+                ) -> torch.Tensor:
+    ("One image checked against the evaluation's pixel rules (size, NaN, dtype and value range against `enc`'s "
+     "statistics).")
+    if nodata not in NODATA_RULES: raise ValueError(f"nodata rule must be one of {NODATA_RULES}, got {nodata!r}")
+    x = x.float() * (scale or 1.0)
+    h, w = x.shape[-2:]
+    if min(h, w) < max(8, enc.patch_size):
+        raise ValueError(f"{src}: the image is {h}×{w} px, smaller than the {max(8, enc.patch_size)} px {enc.name} "
+                         "needs; remove it")
+    if shape is not None and (h, w) != tuple(shape):
+        raise ValueError(f"{src}: the image is {h}×{w} px but the dataset's first is {shape[0]}×{shape[1]}; "
+                         "remove it or make the sizes equal")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        counts = {b: int(n) for b, n in zip(enc.bands, bad.flatten(1).sum(1)) if n}
+        if nodata == "error":
+            raise ValueError(f"{src}: NaN/nodata pixels per band {counts}; remove the file, or state a fill with "
+                             "--nodata mean|zero")
+        warnings.warn(f"{src}: filled NaN/nodata pixels per band {counts} with the band {nodata}")
+        x = _fill(x, bad, nodata, src)
+    return _check_range(x, src, enc, scale)
+
+def _check_range(x, src, enc, scale):
+    ("The stated rule: 8-bit files are refused and the image mean must lie within SCALE_RANGE of the statistics' "
+     "typical value, unless a scale is stated.")
+    if not enc.dn_level or scale is not None: return x
+    dt = _stored_dtype(src)
+    if dt in ("uint8", "int8"):
+        raise ValueError(f"{src}: 8-bit pixels ({dt}) are not on the scale of {enc.name}'s statistics (DN = "
+                         "reflectance × 10000); convert the data, or state the factor with --scale")
+    m, top = float(x.mean()), float(x.max())
+    if enc.dn_level * SCALE_RANGE[0] <= m <= enc.dn_level * SCALE_RANGE[1]: return x
+    hint = ("they look like reflectance in [0, 1]: pass --scale 10000" if top <= 1.5
+            else "pass --scale with the factor that brings them to DN (reflectance × 10000)")
+    raise ValueError(f"{src}: pixel values (mean {m:.4g}, max {top:.4g}{', ' + dt if dt else ''}) are not on the scale "
+                     f"of {enc.name}'s "
+                     f"normalisation (typical value {enc.dn_level:.0f}, DN = reflectance × 10000); {hint}")
 
 # %% ../../nbs/50_eval.encoders.ipynb #8f11ac2c
 def extract_features(enc: Encoder, dataset, # items (C×H×W tensor in dataset.bands order, label)
                      layer: str = "global", batch_size: int = 32,
                      cache_dir=None, # folder for .npz feature caches (None = no caching)
-                     progress: bool = True, size: int | None = None
+                     progress: bool = True, size: int | None = None,
+                     nodata: str = "error", # NaN pixels: 'error' (naming the file) or a per-band fill 'mean' / 'zero'
+                     scale: float | None = None # stated factor for pixel values (e.g. 10000 for reflectance in [0, 1])
                     ) -> tuple[np.ndarray, np.ndarray]: # (N×D or N×D×h×w, N labels or N×L multi-hot)
     "Features of every sample (batched, frozen), optionally cached on disk."
     from tqdm.auto import tqdm
     idx = band_index(enc, dataset_bands(dataset))
-    cache = feature_cache_path(enc, dataset, layer, size, cache_dir) if cache_dir else None
+    cache = feature_cache_path(enc, dataset, layer, size, cache_dir, {"nodata": nodata,
+                                                                      "scale": scale}) if cache_dir else None
     if cache is not None and cache.is_file():
         z = np.load(cache); return z["features"], z["labels"]
-    feats, labels = [], []
+    feats, labels, shape = [], [], None
     for s in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc=f"features {enc.name}"):
         items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-        x = torch.stack([torch.as_tensor(it[0])[idx] for it in items])
+        xs = []
+        for i, it in enumerate(items, s):
+            xs.append(check_pixels(torch.as_tensor(sample_parts(it)[0])[idx], item_source(dataset, i), enc, nodata,
+                                   scale, shape))
+            shape = tuple(xs[0].shape[-2:]) if shape is None else shape
+        x = torch.stack(xs)
         feats.append(enc.features(x, layer, size).numpy())
-        labels += [np.asarray(it[1]) for it in items]
+        labels += [np.asarray(sample_parts(it)[1]) for it in items]
     if not feats: raise ValueError("the dataset is empty")
     F_, y = np.concatenate(feats), np.stack(labels)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache.with_suffix(".tmp.npz"), features=F_, labels=y); os.replace(cache.with_suffix(".tmp.npz"), cache)
+        with atomic_path(cache) as tmp: np.savez(tmp, features=F_, labels=y)
     return F_, y

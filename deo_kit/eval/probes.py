@@ -8,6 +8,9 @@ import hashlib, json, math, sys, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
+from ..data.datasets import BigEarthNetDataset, ClassFolderDataset, resolve_data_name
+from .encoders import extract_features, load_encoder
+from ..core import atomic_write
 
 # %% auto #0
 __all__ = ['C_GRID', 'check_labels', 'make_folds', 'folds_digest', 'subsample_labels', 'f1_scores', 'fold_metrics', 'knn_predict',
@@ -16,18 +19,23 @@ __all__ = ['C_GRID', 'check_labels', 'make_folds', 'folds_digest', 'subsample_la
 
 # %% ../../nbs/51_eval.probes.ipynb #82f8a646
 def check_labels(y: np.ndarray, n_folds: int, classes: list[str] | None = None):
-    "Refuse labels that k-fold cross-validation cannot use (one class, an empty class, a class smaller than the fold count)."
+    ("Refuse labels that k-fold cross-validation cannot use (one class, an empty class, a class smaller than the fold "
+     "count).")
     y = np.asarray(y)
     if len(y) < n_folds: raise ValueError(f"{len(y)} samples are fewer than the {n_folds} folds")
     if y.ndim == 2: return
     names = classes or [str(c) for c in range(int(y.max()) + 1)]
     counts = np.bincount(y.astype(int), minlength=len(names))
-    if (counts > 0).sum() < 2: raise ValueError(f"a classification probe needs at least two classes; all samples are {names[int(y[0])]!r}")
+    if (counts > 0).sum() < 2:
+        raise ValueError(f"a classification probe needs at least two classes; all samples are {names[int(y[0])]!r}")
     empty = [names[i] for i in np.flatnonzero(counts == 0)]
     if empty: raise ValueError(f"class(es) {empty} have no samples")
     small = {names[i]: int(c) for i, c in enumerate(counts) if c < n_folds}
-    if small: raise ValueError(f"class(es) {small} have fewer samples than the {n_folds} folds; use fewer folds or more data")
+    if small:
+        raise ValueError(f"class(es) {small} have fewer samples than the {n_folds} folds; use fewer folds or more data")
 
+
+# %% ../../nbs/51_eval.probes.ipynb #57bc1786
 def make_folds(y: np.ndarray, # N labels, or N×L multi-hot
                n_folds: int = 5, n_repeats: int = 3, seed: int = 0,
                classes: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -36,9 +44,11 @@ def make_folds(y: np.ndarray, # N labels, or N×L multi-hot
     y = np.asarray(y)
     if n_folds < 2: raise ValueError(f"need at least 2 folds, got {n_folds}")
     check_labels(y, n_folds, classes)
-    cv = (RepeatedKFold if y.ndim == 2 else RepeatedStratifiedKFold)(n_splits=n_folds, n_repeats=n_repeats, random_state=seed)
+    cv = (RepeatedKFold if y.ndim == 2 else RepeatedStratifiedKFold)(n_splits=n_folds, n_repeats=n_repeats,
+                                                                     random_state=seed)
     return [(tr, te) for tr, te in cv.split(np.zeros(len(y)), y if y.ndim == 1 else None)]
 
+# %% ../../nbs/51_eval.probes.ipynb #3579a1c3
 def folds_digest(folds) -> str:
     "Fingerprint of a list of (train, test) splits."
     h = hashlib.sha256()
@@ -68,6 +78,7 @@ def f1_scores(y: np.ndarray, pred: np.ndarray) -> dict:
     macro = float(np.mean(2 * tp[used] / (2 * tp[used] + fp[used] + fn[used]))) if used.any() else 1.0
     return {"f1_micro": float(micro), "f1_macro": macro}
 
+# %% ../../nbs/51_eval.probes.ipynb #3d7d9b9f
 def fold_metrics(y, pred) -> dict:
     "Accuracy (and macro F1) for classes, F1 micro/macro for multi-label."
     y, pred = np.asarray(y), np.asarray(pred)
@@ -114,11 +125,14 @@ def choose_C(Xtr: np.ndarray, ytr: np.ndarray, C_grid=C_GRID, inner_folds: int =
     if len(C_grid) == 1: return float(C_grid[0])
     counts = np.bincount(ytr) if ytr.ndim == 1 else np.array([len(ytr)])
     if counts[counts > 0].min() < inner_folds or len(ytr) < 2 * inner_folds: return None
-    cv = KFold(inner_folds, shuffle=True, random_state=seed) if ytr.ndim == 2 else StratifiedKFold(inner_folds, shuffle=True, random_state=seed)
+    cv = KFold(inner_folds, shuffle=True, random_state=seed) if ytr.ndim == 2 else StratifiedKFold(inner_folds,
+        shuffle=True, random_state=seed)
     splits = list(cv.split(Xtr, ytr if ytr.ndim == 1 else None))
-    scores = [np.mean([_inner_score(ytr[te], _fit_predict(Xtr[tr], ytr[tr], Xtr[te], C)) for tr, te in splits]) for C in C_grid]
+    scores = [np.mean([_inner_score(ytr[te], _fit_predict(Xtr[tr], ytr[tr], Xtr[te],
+                                                          C)) for tr, te in splits]) for C in C_grid]
     return float(C_grid[int(np.argmax(scores))])
 
+# %% ../../nbs/51_eval.probes.ipynb #85d34479
 def linear_predict(Xtr, ytr, Xte, C_grid=C_GRID, inner_folds: int = 3, seed: int = 0) -> tuple[np.ndarray, float]:
     "(predictions, chosen C) of a standardised logistic regression with C chosen inside the training data."
     Xtr, Xte, ytr = np.asarray(Xtr).reshape(len(Xtr), -1), np.asarray(Xte).reshape(len(Xte), -1), np.asarray(ytr)
@@ -152,7 +166,8 @@ class ProbeResult:
 
     def to_json(self, path=None) -> str:
         s = json.dumps(asdict(self), indent=1)
-        if path is not None: Path(path).parent.mkdir(parents=True, exist_ok=True); Path(path).write_text(s)
+        if path is not None:
+            atomic_write(path, s)
         return s
 
     @classmethod
@@ -187,20 +202,26 @@ def run_probe(X: np.ndarray, # N×D features
         Cs.append(C)
     metric = "f1_micro" if y.ndim == 2 else "accuracy"
     v = np.array(per[metric])
-    proto = dict(probe=probe, n_folds=1 if split is not None else n_folds, n_repeats=1 if split is not None else n_repeats,
-                 given_split=split is not None, label_fraction=label_fraction, k=k, T=T, C_grid=list(C_grid), inner_folds=inner_folds,
+    proto = dict(probe=probe, n_folds=1 if split is not None else n_folds,
+                 n_repeats=1 if split is not None else n_repeats,
+                 given_split=split is not None, label_fraction=label_fraction, k=k, T=T, C_grid=list(C_grid),
+                 inner_folds=inner_folds,
                  standardised=probe == "linear", multilabel=y.ndim == 2)
-    if probe == "knn": proto = {k_: v_ for k_, v_ in proto.items() if k_ not in ("C_grid", "inner_folds", "standardised")}
+    if probe == "knn":
+        proto = {k_: v_ for k_, v_ in proto.items() if k_ not in ("C_grid", "inner_folds", "standardised")}
     else: proto = {k_: v_ for k_, v_ in proto.items() if k_ not in ("k", "T")}
-    return ProbeResult(metric, float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, [float(a) for a in v], per, proto,
-                       Cs if probe == "linear" else [], folds_digest(folds), n_samples=len(y), classes=list(classes or []),
+    return ProbeResult(metric, float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, [float(a) for a in v], per,
+                       proto,
+                       Cs if probe == "linear" else [], folds_digest(folds), n_samples=len(y),
+                       classes=list(classes or []),
                        seed=seed, wall_s=time.perf_counter() - t0)
 
 # %% ../../nbs/51_eval.probes.ipynb #7cfd6a77
 def compare(a: ProbeResult, b: ProbeResult) -> dict:
     "Paired per-fold comparison of two results on the same folds."
     if a.folds_digest != b.folds_digest or len(a.folds) != len(b.folds):
-        raise ValueError(f"{a.encoder or 'a'} and {b.encoder or 'b'} were not evaluated on the same folds (digest {a.folds_digest} vs {b.folds_digest})")
+        raise ValueError(f"{a.encoder or 'a'} and {b.encoder or 'b'} were not evaluated on the same folds (digest "
+                         f"{a.folds_digest} vs {b.folds_digest})")
     d = np.asarray(a.folds) - np.asarray(b.folds)
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     return {"a": a.encoder, "b": b.encoder, "mean_diff": float(d.mean()), "se": se, "n_folds": len(d),
@@ -210,37 +231,45 @@ def compare(a: ProbeResult, b: ProbeResult) -> dict:
 def results_table(results: list[ProbeResult], reference: str | None = None, digits: int = 3) -> str:
     "Markdown table: encoder, probe, metric mean ± std, n folds (+ paired Δ ± SE vs `reference`)."
     ref = next((r for r in results if r.encoder == reference), None) if reference else None
-    head = "| encoder | probe | layer | " + "metric | mean ± std | folds |" + (f" Δ vs {reference} ± SE | beats |" if ref else "")
+    head = "| encoder | probe | layer | " + "metric | mean ± std | folds |" + (f" Δ vs {reference} ± SE | beats |"
+        if ref else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        row = f"| {r.encoder} | {r.protocol.get('probe', '')}{' (' + str(round(100 * r.protocol['label_fraction'])) + ' % labels)' if r.protocol.get('label_fraction') else ''} | {r.layer} | {r.metric} | {r.mean:.{digits}f} ± {r.std:.{digits}f} | {len(r.folds)} |"
+        frac = r.protocol.get('label_fraction')
+        probe = f"{r.protocol.get('probe', '')}" + (f" ({round(100 * frac)} % labels)" if frac else "")
+        row = (f"| {r.encoder} | {probe} | {r.layer} | {r.metric} | {r.mean:.{digits}f} ± {r.std:.{digits}f} | "
+               f"{len(r.folds)} |")
         if ref is not None:
             c = compare(r, ref) if r is not ref else None
-            row += f" {c['mean_diff']:+.{digits}f} ± {c['se']:.{digits}f} | {'yes' if c['beats'] else 'no'} |" if c else " — | — |"
+            row += (f" {c['mean_diff']:+.{digits}f} ± {c['se']:.{digits}f} | {'yes' if c['beats'] else 'no'} |" if c
+                    else " — | — |")
         lines.append(row)
     return "\n".join(lines)
 
 # %% ../../nbs/51_eval.probes.ipynb #29f93d6c
 def load_labelled(path, layout: str | None = "eurosat-ms", split: str | None = None):
-    "A labelled dataset: BigEarthNet patch folders (multi-label) or class folders."
-    from deo_kit.data.datasets import BigEarthNetDataset, ClassFolderDataset
-    path = Path(path)
+    ("A labelled dataset: BigEarthNet patch folders (multi-label), class folders, or the packaged sample "
+     "(`eurosat-sample`).")
+    path = Path(resolve_data_name(path))
     if not path.is_dir(): raise FileNotFoundError(f"{path}: no such dataset folder")
     if any(path.glob("*/*_labels_metadata.json")): return BigEarthNetDataset(path)
     return ClassFolderDataset(path, layout=layout, split=split)
 
+# %% ../../nbs/51_eval.probes.ipynb #6569fae9
 def given_split(dataset) -> tuple[np.ndarray, np.ndarray]:
     "(train, test) indices from the split folder of each file (`<root>/train/...`, `<root>/test/...`)."
     parts = np.array([Path(f).relative_to(dataset.root).parts[0] for f in dataset.files])
     tr, te = np.flatnonzero(parts == "train"), np.flatnonzero(np.isin(parts, ["test", "val", "validation"]))
-    if not len(tr) or not len(te): raise ValueError(f"{dataset.root}: no train/ and test/ split folders for split='given'")
+    if not len(tr) or not len(te):
+        raise ValueError(f"{dataset.root}: no train/ and test/ split folders for split='given'")
     return tr, te
 
 def _unwrap(dataset):
     "(base dataset, indices or None) through torch `Subset`s."
     idx = None
     while hasattr(dataset, "dataset") and hasattr(dataset, "indices"):
-        idx = np.asarray(dataset.indices) if idx is None else np.asarray(dataset.indices)[idx]; dataset = dataset.dataset
+        idx = np.asarray(dataset.indices) if idx is None else np.asarray(dataset.indices)[idx]
+        dataset = dataset.dataset
     return dataset, idx
 
 def _labels_of(dataset) -> np.ndarray:
@@ -255,19 +284,21 @@ def evaluate(encoder, # an Encoder or a spec string
              probe: str = "linear", layer: str = "global", size: int | None = None,
              n_folds: int = 5, n_repeats: int = 3, seed: int = 0, split: str | None = None, # None (CV) or 'given'
              label_fraction: float | None = None, layout: str | None = "eurosat-ms", cache_dir=None,
-             teacher_path=None, progress: bool = True, command: str | None = None, **probe_kw) -> ProbeResult:
+             teacher_path=None, progress: bool = True, command: str | None = None,
+             features_kw: dict | None = None, # pixel rules for extract_features (nodata, scale)
+             **probe_kw) -> ProbeResult:
     "Probe one encoder on one labelled dataset; the result carries its provenance."
     import deo_kit
-    from deo_kit.eval.encoders import extract_features, load_encoder
     ds = load_labelled(data, layout) if isinstance(data, (str, Path)) else data
     base, sub = _unwrap(ds)
     classes = list(getattr(base, "classes", None) or getattr(base, "label_names", []))
     y = _labels_of(ds)
     if split is None: check_labels(y, n_folds, classes if y.ndim == 1 else None)  # fail before any feature extraction
     enc = load_encoder(encoder, teacher_path=teacher_path) if isinstance(encoder, str) else encoder
-    X, _ = extract_features(enc, ds, layer, cache_dir=cache_dir, progress=progress, size=size)
+    X, _ = extract_features(enc, ds, layer, cache_dir=cache_dir, progress=progress, size=size, **(features_kw or {}))
     sp = given_split(ds) if split == "given" else None
-    res = run_probe(X, y, probe, n_folds, n_repeats, seed, sp, label_fraction, classes=classes if y.ndim == 1 else None, **probe_kw)
+    res = run_probe(X, y, probe, n_folds, n_repeats, seed, sp, label_fraction, classes=classes if y.ndim == 1 else None,
+                    **probe_kw)
     res.encoder, res.layer, res.classes = enc.name, layer, classes
     res.data = str(getattr(base, "root", data)) + (f" (subset of {len(ds)})" if sub is not None else "")
     res.deo_kit_version, res.command = deo_kit.__version__, command if command is not None else " ".join(sys.argv)

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..core import resolve_impl
+from ..core import fallback_warning, get_impl, resolve_impl
 
 # %% auto #0
-__all__ = ['PATCH_SIZES', 'INPUT_DTYPES', 'check_patch_embed_inputs', 'normalize_bands', 'ms_patch_embed_ref', 'ms_patch_embed',
-           'MSPatchEmbed']
+__all__ = ['PATCH_SIZES', 'INPUT_DTYPES', 'AUTO_GEMM_STEM', 'check_patch_embed_inputs', 'normalize_bands', 'ms_patch_embed_ref',
+           'ms_patch_embed', 'MSPatchEmbed']
 
 # %% ../../nbs/10_layers.patch_embed.ipynb #a723f18c
 PATCH_SIZES = (4, 8, 14, 16)
@@ -25,7 +25,8 @@ def _check_vec(name, v, n, device):
     if v.device != device: raise ValueError(f"{name} {tuple(v.shape)} is on {v.device}, expected {device}")
 
 def check_patch_embed_inputs(x, weight, bias, mean, std, patch_size, bands, ln_weight, ln_bias, pos_embed):
-    "Raise a clear error for bad shapes, dtypes, devices, layouts or band indices of `ms_patch_embed` inputs."
+    ("Raise a clear error for bad shapes, dtypes, devices or band indices of `ms_patch_embed` inputs (any layout: the "
+     "Triton path copies non-contiguous inputs).")
     if x.ndim != 4: raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     if x.dtype not in INPUT_DTYPES: raise ValueError(f"x dtype {x.dtype} not supported (use one of {INPUT_DTYPES})")
     B, C, H, W = x.shape; p = patch_size
@@ -36,20 +37,22 @@ def check_patch_embed_inputs(x, weight, bias, mean, std, patch_size, bands, ln_w
         raise ValueError(f"bands {list(map(int, bands))} out of range for x {tuple(x.shape)} with {C} channels")
     if not 1 <= nb <= 32: raise ValueError(f"1 to 32 bands supported, got {nb}")
     if weight.ndim != 4 or weight.shape[1:] != (nb, p, p):
-        raise ValueError(f"weight must be (D, {nb}, {p}, {p}) for {nb} bands and patch {p}, got shape {tuple(weight.shape)}")
+        raise ValueError(f"weight must be (D, {nb}, {p}, {p}) for {nb} bands and patch {p}, got shape "
+                         f"{tuple(weight.shape)}")
     D = weight.shape[0]
-    for name, v, n in (("mean", mean, C), ("std", std, C), ("bias", bias, D), ("ln_weight", ln_weight, D), ("ln_bias", ln_bias, D)):
+    for name, v, n in (("mean", mean, C), ("std", std, C), ("bias", bias, D), ("ln_weight", ln_weight, D), ("ln_bias",
+        ln_bias, D)):
         _check_vec(name, v, n, x.device)
     if (ln_weight is None) != (ln_bias is None): raise ValueError("give both ln_weight and ln_bias, or neither")
     if pos_embed is not None:
         N = (H // p) * (W // p)
         if pos_embed.shape not in ((N, D), (1, N, D)):
-            raise ValueError(f"pos_embed must be ({N}, {D}) or (1, {N}, {D}) for x {tuple(x.shape)}, got shape {tuple(pos_embed.shape)}")
+            raise ValueError(f"pos_embed must be ({N}, {D}) or (1, {N}, {D}) for x {tuple(x.shape)}, got shape "
+                             f"{tuple(pos_embed.shape)}")
         if ln_weight is not None: raise ValueError("pos_embed and LayerNorm are exclusive (ViT stem vs Swin stem)")
     for name, t in (("x", x), ("weight", weight), ("pos_embed", pos_embed)):
         if t is None: continue
         if t.device != x.device: raise ValueError(f"{name} {tuple(t.shape)} is on {t.device}, expected {x.device}")
-        if not t.is_contiguous(): raise ValueError(f"{name} {tuple(t.shape)} must be contiguous (strides {t.stride()}); call .contiguous()")
 
 # %% ../../nbs/10_layers.patch_embed.ipynb #b8107b26
 def normalize_bands(x: torch.Tensor, # B C H W, any supported dtype
@@ -63,6 +66,7 @@ def normalize_bands(x: torch.Tensor, # B C H W, any supported dtype
     if std is not None: xf = xf / std.float()[:, None, None]
     return xf if bands is None else xf[:, list(map(int, bands))]
 
+# %% ../../nbs/10_layers.patch_embed.ipynb #f6e92531
 def ms_patch_embed_ref(x, weight, bias, *, mean, std, patch_size, bands=None, ln_weight=None, ln_bias=None,
                        pos_embed=None, ln_eps=1e-5):
     "Plain-torch reference of `ms_patch_embed`: normalise, gather, Conv2d(stride=p), then LayerNorm or + pos-embed."
@@ -73,6 +77,21 @@ def ms_patch_embed_ref(x, weight, bias, *, mean, std, patch_size, bands=None, ln
     return y if pos_embed is None else y + pos_embed.reshape(1, *y.shape[1:])
 
 # %% ../../nbs/10_layers.patch_embed.ipynb #4f08d159
+AUTO_GEMM_STEM = False  # impl='auto' on a ViT stem (patch 14/16, no LayerNorm): GEMM-bound, where cuDNN is faster
+
+def _use_triton(impl, x, weight, ln_weight, patch_size) -> bool:
+    ("Triton or torch; with impl='auto' inputs the kernel cannot take (or should not: GEMM-bound stems) fall back to "
+     "torch with a one-time warning.")
+    if resolve_impl(impl, x) != "triton": return False
+    if (impl or get_impl()) != "auto": return True  # impl='triton': the kernel raises its own clear error
+    from deo_kit.kernels.ms_patch_embed import unsupported_reason
+    reason = unsupported_reason(x, weight, ln_weight)
+    if reason is None and ln_weight is None and patch_size > 8 and not AUTO_GEMM_STEM:
+        reason = (f"patch {patch_size} without LayerNorm is a GEMM-bound stem, where cuDNN is faster (set "
+                  "AUTO_GEMM_STEM to override)")
+    if reason: fallback_warning("ms_patch_embed", reason)
+    return reason is None
+
 def ms_patch_embed(x: torch.Tensor, # B C H W, uint16 / fp32 / bf16 / fp16
                    weight: torch.Tensor, # D Cb p p, Cb = len(bands) or C
                    bias: torch.Tensor | None, # D
@@ -91,7 +110,7 @@ def ms_patch_embed(x: torch.Tensor, # B C H W, uint16 / fp32 / bf16 / fp16
     check_patch_embed_inputs(x, weight, bias, mean, std, patch_size, bands, ln_weight, ln_bias, pos_embed)
     kw = dict(mean=mean, std=std, patch_size=patch_size, bands=bands, ln_weight=ln_weight, ln_bias=ln_bias,
               pos_embed=pos_embed, ln_eps=ln_eps)
-    if resolve_impl(impl, x) == "triton":
+    if _use_triton(impl, x, weight, ln_weight, patch_size):
         from deo_kit.kernels.ms_patch_embed import ms_patch_embed_triton  # lazy: CPU installs may lack Triton
         return ms_patch_embed_triton(x, weight, bias, **kw)
     return ms_patch_embed_ref(x, weight, bias, **kw)
@@ -147,6 +166,7 @@ def _forward(self: MSPatchEmbed,
 
 def _extra_repr(self: MSPatchEmbed) -> str:
     nb = self.weight.shape[1]
-    return f"in_chans={self.in_chans}, bands={nb}, embed_dim={self.embed_dim}, patch_size={self.patch_size}, impl={self.impl!r}"
+    return (f"in_chans={self.in_chans}, bands={nb}, embed_dim={self.embed_dim}, patch_size={self.patch_size}, "
+            f"impl={self.impl!r}")
 
 MSPatchEmbed.reset_parameters, MSPatchEmbed.forward, MSPatchEmbed.extra_repr = _reset_parameters, _forward, _extra_repr

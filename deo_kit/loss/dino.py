@@ -5,38 +5,15 @@
 # %% ../../nbs/30_loss.dino.ipynb #b5bed860
 from __future__ import annotations
 import math
-from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.distributed as dist
-from ..core import resolve_impl
+from ..dist import all_logsumexp, all_reduce_
+from ..core import fallback_warning, get_impl, resolve_impl
 
 # %% auto #0
-__all__ = ['CENTERINGS', 'dist_on', 'all_reduce_', 'all_logsumexp', 'check_dino_inputs', 'check_tensors',
-           'softmax_center_teacher', 'sinkhorn_knopp_log_r', 'sinkhorn_knopp_teacher', 'update_center',
-           'dino_cross_entropy', 'dino_loss_ref', 'dino_loss', 'DINOLoss']
-
-# %% ../../nbs/30_loss.dino.ipynb #17021c1d
-def dist_on() -> bool:
-    "True when a torch.distributed process group is initialised."
-    return dist.is_available() and dist.is_initialized()
-
-def all_reduce_(x: torch.Tensor, # reduced in place across ranks
-                op: str = "sum" # "sum" or "max"
-               ) -> torch.Tensor:
-    "All-reduce `x` in place when a process group is up; return it."
-    if dist_on(): dist.all_reduce(x, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return x
-
-def all_logsumexp(x: torch.Tensor, # any shape; reduced along `dim` here and across ranks
-                  dim: int = 0
-                 ) -> torch.Tensor:
-    "`logsumexp` over `dim` and over all ranks (max, then sum of shifted exps), stable for any magnitude."
-    if not dist_on(): return torch.logsumexp(x, dim)
-    m = all_reduce_(x.amax(dim), "max")
-    s = all_reduce_(torch.exp(x - m.unsqueeze(dim)).sum(dim))
-    return m + s.log()
+__all__ = ['CENTERINGS', 'check_dino_inputs', 'check_tensors', 'softmax_center_teacher', 'sinkhorn_knopp_log_r',
+           'sinkhorn_knopp_teacher', 'update_center', 'dino_cross_entropy', 'dino_loss_ref', 'dino_loss', 'DINOLoss']
 
 # %% ../../nbs/30_loss.dino.ipynb #579629d7
 def check_dino_inputs(student_logits: torch.Tensor, # S B K
@@ -50,8 +27,10 @@ def check_dino_inputs(student_logits: torch.Tensor, # S B K
     if t.ndim != 3 or t.shape[1:] != s.shape[1:]:
         raise ValueError(f"teacher_logits must be (T, B, K) = (T, {s.shape[1]}, {s.shape[2]}) to match student_logits "
                          f"{tuple(s.shape)}, got shape {tuple(t.shape)}")
-    if t.shape[0] > s.shape[0]: raise ValueError(f"teacher_logits has {t.shape[0]} views but student_logits only {s.shape[0]}")
-    if s.shape[0] * t.shape[0] - t.shape[0] == 0: raise ValueError(f"no cross-view pairs: student_logits {tuple(s.shape)}, teacher_logits {tuple(t.shape)}")
+    if t.shape[0] > s.shape[0]:
+        raise ValueError(f"teacher_logits has {t.shape[0]} views but student_logits only {s.shape[0]}")
+    if s.shape[0] * t.shape[0] - t.shape[0] == 0:
+        raise ValueError(f"no cross-view pairs: student_logits {tuple(s.shape)}, teacher_logits {tuple(t.shape)}")
     named = {"student_logits": s, "teacher_logits": t}
     if center is not None:
         if center.shape != (s.shape[2],):
@@ -59,19 +38,20 @@ def check_dino_inputs(student_logits: torch.Tensor, # S B K
         named["center"] = center
     if row_mask is not None:
         if row_mask.dtype != torch.bool or row_mask.shape != (s.shape[1],):
-            raise ValueError(f"row_mask must be a bool ({s.shape[1]},) tensor, got {row_mask.dtype} shape {tuple(row_mask.shape)}")
+            raise ValueError(f"row_mask must be a bool ({s.shape[1]},) tensor, got {row_mask.dtype} shape "
+                             f"{tuple(row_mask.shape)}")
         named["row_mask"] = row_mask
     check_tensors(named, s.device)
 
+# %% ../../nbs/30_loss.dino.ipynb #cc2b602d
 def check_tensors(named: dict, # name -> tensor
                   device: torch.device # where they all must live
                  ):
-    "Every tensor must be on `device` and contiguous; the error names the offender and its shape."
+    ("Every tensor must be on `device`; the error names the offender and its shape. (Any layout: the Triton path "
+     "copies non-contiguous inputs.)")
     for name, x in named.items():
         if x.device != device:
             raise ValueError(f"{name} {tuple(x.shape)} is on {x.device}, expected {device}")
-        if not x.is_contiguous():
-            raise ValueError(f"{name} {tuple(x.shape)} must be contiguous (strides {x.stride()}); call .contiguous()")
 
 # %% ../../nbs/30_loss.dino.ipynb #e2c8801f
 def softmax_center_teacher(teacher_logits: torch.Tensor, # T B K
@@ -94,6 +74,7 @@ def sinkhorn_knopp_log_r(x: torch.Tensor, # N K fp32 teacher logits already divi
         log_c = -n.log() - torch.logsumexp(x + log_r, 1)  # N, samples sum to 1/N
     return log_r
 
+# %% ../../nbs/30_loss.dino.ipynb #effd54a4
 @torch.no_grad()
 def sinkhorn_knopp_teacher(teacher_logits: torch.Tensor, # T B K
                            teacher_temp: float, # τ_t
@@ -150,6 +131,17 @@ def dino_loss_ref(student_logits, teacher_logits, center, *, student_temp, teach
     else: targets = sinkhorn_knopp_teacher(teacher_logits, teacher_temp, row_mask=row_mask)
     return dino_cross_entropy(student_logits, targets, student_temp, row_mask)
 
+# %% ../../nbs/30_loss.dino.ipynb #b4c58985
+def _use_triton(impl, student_logits, teacher_logits) -> bool:
+    ("Triton or torch; with impl='auto' a dtype or size the kernel cannot take falls back to torch with a one-time "
+     "warning.")
+    if resolve_impl(impl, student_logits) != "triton": return False
+    if (impl or get_impl()) != "auto": return True  # impl='triton': the kernel raises its own clear error
+    from deo_kit.kernels.dino_loss import unsupported_reason
+    reason = unsupported_reason(student_logits, teacher_logits)
+    if reason: fallback_warning("dino_loss", reason)
+    return reason is None
+
 def dino_loss(student_logits: torch.Tensor, # S B K student logits (any float dtype; computed in fp32)
               teacher_logits: torch.Tensor, # T B K teacher logits; view t is student view t
               center: torch.Tensor | None, # K fp32 centre (None allowed with Sinkhorn-Knopp)
@@ -164,10 +156,11 @@ def dino_loss(student_logits: torch.Tensor, # S B K student logits (any float dt
     "The DINO loss over cross-view pairs and the updated centre."
     if centering not in CENTERINGS: raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
     if centering == "center" and center is None: raise ValueError("centering='center' needs a center tensor (K,)")
-    if student_temp <= 0 or teacher_temp <= 0: raise ValueError(f"temperatures must be > 0, got {student_temp}, {teacher_temp}")
+    if student_temp <= 0 or teacher_temp <= 0:
+        raise ValueError(f"temperatures must be > 0, got {student_temp}, {teacher_temp}")
     check_dino_inputs(student_logits, teacher_logits, center, row_mask)
     kw = dict(student_temp=student_temp, teacher_temp=teacher_temp, centering=centering, row_mask=row_mask)
-    if resolve_impl(impl, student_logits) == "triton":
+    if _use_triton(impl, student_logits, teacher_logits):
         from deo_kit.kernels.dino_loss import dino_loss_triton  # lazy: CPU installs may lack Triton
         loss = dino_loss_triton(student_logits, teacher_logits, center, **kw)
     else: loss = dino_loss_ref(student_logits, teacher_logits, center, center_momentum=center_momentum, **kw)
@@ -188,7 +181,8 @@ class DINOLoss(nn.Module):
                 ):
         super().__init__()
         if centering not in CENTERINGS: raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
-        self.student_temp, self.center_momentum, self.centering, self.impl = student_temp, center_momentum, centering, impl
+        self.student_temp, self.center_momentum, self.centering, self.impl = (student_temp, center_momentum, centering,
+                                                                              impl)
         self.register_buffer("center", torch.zeros(out_dim))
 
     def forward(self,

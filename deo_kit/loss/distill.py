@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .simdino import as_views, cross_view_cosine
+from .simdino import as_views, cross_view_cosine, fp32_maths
 
 # %% auto #0
 __all__ = ['DistillWeights', 'patch_cosine', 'distill_loss', 'DistillLoss']
@@ -54,9 +54,12 @@ def patch_cosine(student, # T student maps of the global crops, each `B D h w` (
     sims = []
     for sv, tv in zip(s, t):
         sv, tv = _as_map(sv, "student map").float(), _as_map(tv, "teacher patch tokens").float()
-        if sv.shape[:2] != tv.shape[:2]: raise ValueError(f"student {tuple(sv.shape[:2])} and teacher {tuple(tv.shape[:2])} differ in B, D")
-        if sv.shape[-2:] != tv.shape[-2:]: sv = F.interpolate(sv, size=tv.shape[-2:], mode="bilinear", align_corners=False)
-        sims.append(F.cosine_similarity(sv, tv, dim=1).mean())  # over B H W
+        if sv.shape[:2] != tv.shape[:2]:
+            raise ValueError(f"student {tuple(sv.shape[:2])} and teacher {tuple(tv.shape[:2])} differ in B, D")
+        with fp32_maths(sv):  # autocast would run these in bf16/fp16
+            if sv.shape[-2:] != tv.shape[-2:]:
+                sv = F.interpolate(sv, size=tv.shape[-2:], mode="bilinear", align_corners=False)
+            sims.append(F.cosine_similarity(sv, tv, dim=1).mean())  # over B H W
     return torch.stack(sims).mean()
 
 # %% ../../nbs/32_loss.distill.ipynb #65154c6b
@@ -74,7 +77,8 @@ def distill_loss(student_cls=None,  # S views `B D`: the distill head's global o
     total, parts = None, {}
     for k, w in weights.active().items():
         s, t, fn = terms[k]
-        if s is None or t is None: raise ValueError(f"distill term {k!r} has weight {w} but its student or teacher input is missing")
+        if s is None or t is None:
+            raise ValueError(f"distill term {k!r} has weight {w} but its student or teacher input is missing")
         sim = fn(s, t)
         parts[k] = sim.detach()
         total = -w * sim if total is None else total - w * sim
@@ -93,6 +97,7 @@ class DistillLoss(nn.Module):
 
     def forward(self, student_cls=None, teacher_cls=None, student_last=None, teacher_last=None,
                 student_mid=None, teacher_mid=None):
-        return distill_loss(student_cls, teacher_cls, student_last, teacher_last, student_mid, teacher_mid, self.weights)
+        return distill_loss(student_cls, teacher_cls, student_last, teacher_last, student_mid, teacher_mid,
+                            self.weights)
 
     def extra_repr(self): return repr(self.weights)

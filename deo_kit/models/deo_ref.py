@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from .student import DualStemSwin, DualStemViT, create_student
-from .teachers import unwrap_state_dict
+from .convert import load_checked, read_state_dict, unwrap_state_dict
 
 # %% auto #0
-__all__ = ['unwrap_checkpoint', 'load_checked', 'detect_deo_layout', 'deo_to_student_keys', 'student_to_deo_keys',
-           'load_deo_checkpoint']
+__all__ = ['unwrap_checkpoint', 'detect_deo_layout', 'deo_to_student_keys', 'student_to_deo_keys', 'load_deo_checkpoint']
 
 # %% ../../nbs/23_models.deo_ref.ipynb #c5a1b307
 _WRAP = ("student", "teacher", "model", "state_dict", "module")
@@ -23,19 +22,6 @@ def unwrap_checkpoint(ckpt: dict) -> dict[str, torch.Tensor]:
     "The tensor dict of a checkpoint: the student preferred, module./_orig_mod./backbone. prefixes removed."
     return unwrap_state_dict(ckpt, _WRAP)
 
-def load_checked(model: nn.Module, # target module
-                 sd: dict, # state dict in the module's names
-                 source: str = "checkpoint" # named in the error
-                ):
-    "load_state_dict that fails with every missing key, unexpected key and shape mismatch listed."
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
-    mism = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or mism:
-        raise ValueError(f"{source} does not fit {type(model).__name__}:\n  missing keys ({len(missing)}): {missing[:30]}"
-                         f"\n  unexpected keys ({len(unexpected)}): {unexpected[:30]}\n  shape mismatches ({len(mism)}): {mism[:30]}")
-    model.load_state_dict(sd)
 
 # %% ../../nbs/23_models.deo_ref.ipynb #449afc30
 def _split_heads(sd: dict) -> tuple[dict, dict]:
@@ -46,7 +32,8 @@ def detect_deo_layout(sd: dict) -> str:
     "'swin' (conv_ms/conv_rgb + features.*) or 'vit' (patch_embed_ms/patch_embed_rgb)."
     if "conv_ms.0.weight" in sd: return "swin"
     if "patch_embed_ms.proj.weight" in sd: return "vit"
-    raise ValueError(f"not a DEO checkpoint layout (no conv_ms.0.weight or patch_embed_ms.proj.weight); first keys: {list(sd)[:8]}")
+    raise ValueError("not a DEO checkpoint layout (no conv_ms.0.weight or patch_embed_ms.proj.weight); first keys: "
+                     f"{list(sd)[:8]}")
 
 def _swin_config(sd: dict) -> dict:
     w = sd["conv_ms.0.weight"]
@@ -69,6 +56,7 @@ def _vit_config(sd: dict) -> dict:
                 mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / D, rgb_stem="patch_embed_rgb.proj.weight" in sd,
                 init_values=1.0 if "blocks.0.ls1.gamma" in sd else None)
 
+# %% ../../nbs/23_models.deo_ref.ipynb #4f45909c
 def deo_to_student_keys(sd: dict, layout: str) -> dict:
     "Rename DEO stem keys to deo_kit's (`ms_stem`/`rgb_stem` with `.proj`/`.norm`); the trunk keeps its names."
     out = {}
@@ -80,11 +68,13 @@ def deo_to_student_keys(sd: dict, layout: str) -> dict:
         out[k] = v
     return out
 
+# %% ../../nbs/23_models.deo_ref.ipynb #a91b4f12
 def student_to_deo_keys(sd: dict, layout: str) -> dict:
     "Inverse of `deo_to_student_keys` (export a deo_kit student in the DEO layout)."
     out = {}
     for k, v in sd.items():
-        if layout == "swin": k = re.sub(r"^(ms|rgb)_stem\.proj\.", r"conv_\1.0.", re.sub(r"^(ms|rgb)_stem\.norm\.", r"conv_\1.2.", k))
+        if layout == "swin":
+            k = re.sub(r"^(ms|rgb)_stem\.proj\.", r"conv_\1.0.", re.sub(r"^(ms|rgb)_stem\.norm\.", r"conv_\1.2.", k))
         else: k = re.sub(r"^(ms|rgb)_stem\.", r"patch_embed_\1.", k)
         out[k] = v
     return out
@@ -100,11 +90,7 @@ def load_deo_checkpoint(path: str | Path | dict, # .pth/.safetensors file or an 
     else:
         p = Path(path).expanduser()
         if not p.is_file(): raise FileNotFoundError(f"DEO checkpoint not found: {p}")
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            ckpt = load_file(str(p))
-        else: ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        source = str(p)
+        ckpt, source = read_state_dict(p), str(p)
     sd, heads = _split_heads(unwrap_checkpoint(ckpt))
     layout = detect_deo_layout(sd)
     cfg = _swin_config(sd) if layout == "swin" else _vit_config(sd)

@@ -9,11 +9,14 @@ from functools import partial
 from typing import NamedTuple
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from ..config import DEOConfig
+from ..data.bands import get_band_set, rgb_indices
+from ..layers.pos_embed import resize_pos_embed
+from .convert import to_timm_state_dict
 
 # %% auto #0
-__all__ = ['SWIN_CONFIGS', 'VIT_CONFIGS', 'StudentOutput', 'ConvStem', 'resize_pos_embed', 'DualStemViT', 'DualStemSwin',
-           'create_student', 'init_student_from_teacher']
+__all__ = ['SWIN_CONFIGS', 'VIT_CONFIGS', 'VIT_LAYER_RULES', 'StudentOutput', 'ConvStem', 'DualStemViT', 'DualStemSwin',
+           'create_student', 'student_from_config', 'vit_layer_args', 'init_student_from_teacher']
 
 # %% ../../nbs/20_models.student.ipynb #215810d9
 class StudentOutput(NamedTuple):
@@ -75,23 +78,6 @@ class _DualStem(nn.Module):
         stem = self.ms_stem if path == "ms" else self.rgb_stem
         return list(stem.parameters()) if stem is not None else []
 
-# %% ../../nbs/20_models.student.ipynb #9fa83289
-def resize_pos_embed(pos: torch.Tensor, # 1 × (prefix + g_h·g_w) × D
-                     grid: tuple[int, int], # new (h, w)
-                     old_grid: tuple[int, int] | None = None, # old (h, w); square when None
-                     num_prefix: int = 1 # leading tokens (CLS) that have no position
-                    ) -> torch.Tensor: # 1 × (prefix + h·w) × D
-    "Resize the patch part of an absolute position embedding: bicubic, align_corners=False, no antialias (HF/DINOv2)."
-    prefix, patch = pos[:, :num_prefix], pos[:, num_prefix:]
-    if old_grid is None:
-        g = int(math.isqrt(patch.shape[1])); old_grid = (g, g)
-    if tuple(old_grid) == tuple(grid): return pos
-    D = patch.shape[-1]
-    patch = patch.reshape(1, *old_grid, D).permute(0, 3, 1, 2).float()  # 1 D gh gw
-    patch = F.interpolate(patch, size=tuple(grid), mode="bicubic", align_corners=False, antialias=False)
-    patch = patch.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], D).to(pos.dtype)
-    return torch.cat([prefix, patch], dim=1)
-
 # %% ../../nbs/20_models.student.ipynb #b5d6e3a8
 from timm.models.vision_transformer import Block
 
@@ -102,9 +88,11 @@ class DualStemViT(_DualStem):
                  drop_path_rate: float = 0.0, init_values: float | None = None, # LayerScale init (None = off)
                  mid_stage: int | None = None, # 0-based block for `mid`; default 3·depth/4 − 1
                  last_stage: int | None = None, # 0-based block for `last`; default depth − 1
-                 rgb_stem: bool = True, rgb_idx: tuple[int, ...] | None = None):
+                 rgb_stem: bool = True, rgb_idx: tuple[int, ...] | None = None,
+                 patch_norm: bool = True): # the final LayerNorm on the mid/last maps (DEO-FM's student: none)
         super().__init__()
         self._init_stems(in_chans, embed_dim, patch_size, rgb_stem, rgb_idx, norm=False)
+        self.patch_norm = patch_norm
         self.embed_dim, self.depth, self.num_heads, self.img_size = embed_dim, depth, num_heads, img_size
         self.patch_size = self.stem_patch_size = self.mid_patch_size = patch_size
         self.mid_stage = max(0, 3 * depth // 4 - 1) if mid_stage is None else mid_stage
@@ -114,7 +102,8 @@ class DualStemViT(_DualStem):
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth,
+                             device="cpu").tolist()  # on CPU under any default device (meta: sizes only)
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, init_values=init_values,
                                            drop_path=dpr[i], norm_layer=partial(nn.LayerNorm, eps=1e-6))
                                      for i in range(depth)])
@@ -129,8 +118,9 @@ class DualStemViT(_DualStem):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None: nn.init.zeros_(m.bias)
 
-    def _map(self, t, h, w):  # B 1+N D -> B D h w (final-normed patch tokens)
-        return self.norm(t[:, 1:]).transpose(1, 2).reshape(t.shape[0], -1, h, w)
+    def _map(self, t, h, w):  # B 1+N D -> B D h w (patch tokens, final-normed unless patch_norm=False)
+        p = self.norm(t[:, 1:]) if self.patch_norm else t[:, 1:]
+        return p.transpose(1, 2).reshape(t.shape[0], -1, h, w)
 
     def forward(self, x: torch.Tensor, # B C H W, normalised (C = in_chans for 'ms', 3 for 'rgb')
                 path: str = "ms", # which stem
@@ -191,9 +181,12 @@ class DualStemSwin(_DualStem):
         return StudentOutput(self.norm(t).mean(dim=(1, 2)), mid, last)
 
 # %% ../../nbs/20_models.student.ipynb #e46f6f04
-VIT_CONFIGS = {"vit_tiny": dict(embed_dim=192, depth=12, num_heads=3), "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
-               "vit_base": dict(embed_dim=768, depth=12, num_heads=12), "vit_large": dict(embed_dim=1024, depth=24, num_heads=16)}
-_ALIASES = {"swin_tiny": "swin_t", "swin_small": "swin_s", "swin_base": "swin_b", "vit_t": "vit_tiny", "vit_s": "vit_small",
+VIT_CONFIGS = {"vit_tiny": dict(embed_dim=192, depth=12, num_heads=3), "vit_small": dict(embed_dim=384, depth=12,
+                                                                                         num_heads=6),
+               "vit_base": dict(embed_dim=768, depth=12, num_heads=12), "vit_large": dict(embed_dim=1024, depth=24,
+                                                                                          num_heads=16)}
+_ALIASES = {"swin_tiny": "swin_t", "swin_small": "swin_s", "swin_base": "swin_b", "vit_t": "vit_tiny",
+            "vit_s": "vit_small",
             "vit_b": "vit_base", "vit_l": "vit_large"}
 
 def create_student(arch: str = "vit_small", # vit_tiny|vit_small|vit_base|vit_large|swin_t|swin_s|swin_b
@@ -201,7 +194,7 @@ def create_student(arch: str = "vit_small", # vit_tiny|vit_small|vit_base|vit_la
                    in_chans: int = 10, # MS stem channels = len(band_set)
                    img_size: int = 224, # ViT position grid size (other sizes interpolate); unused by Swin
                    window_size: int | None = None, # Swin window: 7 (default, public DEO code) or 12 (released weights)
-                   mid_stage: int | None = None, # ViT: 0-based block (default 3·depth/4 − 1); Swin: stage 1..4 (default 3)
+                   mid_stage: int | None = None, # ViT: 0-based block (3·depth/4 − 1 by default); Swin: stage 1..4 (3)
                    drop_path_rate: float = 0.0, # stochastic depth, linearly increasing over blocks
                    rgb_stem: bool = True, # False: no RGB stem, RGB goes through the MS stem at `rgb_idx`
                    rgb_idx: tuple[int, ...] | None = None, # positions of R, G, B in the band set (default 0, 1, 2)
@@ -224,12 +217,39 @@ def create_student(arch: str = "vit_small", # vit_tiny|vit_small|vit_base|vit_la
                             last_stage=4 if last_stage is None else last_stage, **common, **cfg)
     raise ValueError(f"unknown student arch {arch!r}; choose one of {sorted(VIT_CONFIGS) + sorted(SWIN_CONFIGS)}")
 
+# %% ../../nbs/20_models.student.ipynb #18f19d48
+def student_from_config(cfg: DEOConfig) -> DualStemViT | DualStemSwin:
+    "The untrained student a config describes (arch, band set, RGB positions by band name, crop size)."
+    bands, s = get_band_set(cfg.data.bands), cfg.student
+    layers = vit_layer_args(s.vit_layers, s.arch, s.mid_stage, s.kwargs)
+    return create_student(s.arch, patch_size=s.patch_size, in_chans=len(bands), img_size=cfg.crops.global_size,
+                          window_size=s.window_size, mid_stage=layers.pop("mid_stage", s.mid_stage),
+                          drop_path_rate=s.drop_path_rate,
+                          rgb_stem=s.rgb_stem, rgb_idx=tuple(rgb_indices(bands)), **s.kwargs, **layers)
+
+# %% ../../nbs/20_models.student.ipynb #a1ffc253
+VIT_LAYER_RULES = ("deo_kit", "reference")
+
+def vit_layer_args(rule: str, # 'deo_kit' (mid_stage / last block, final norm) or 'reference'
+                   arch: str, mid_stage: int | None = None, kwargs: dict | None = None) -> dict:
+    "create_student arguments for the ViT maps the optical terms read; 'reference' = DEO-FM as main_dino.py runs it."
+    if rule not in VIT_LAYER_RULES:
+        raise ValueError(f"student.vit_layers must be one of {VIT_LAYER_RULES}, got {rule!r}")
+    if rule == "deo_kit": return {}
+    if not _ALIASES.get(arch, arch).startswith("vit"):
+        raise ValueError(f"student.vit_layers='reference' applies to ViT students, not {arch!r}")
+    if mid_stage is not None or "last_stage" in (kwargs or {}) or "patch_norm" in (kwargs or {}):
+        raise ValueError("student.vit_layers='reference' fixes the blocks; leave student.mid_stage and kwargs "
+                         "last_stage/patch_norm unset")
+    # _forward_vit returns (cls, head_late(block 11), head_mid(block 5)) and main_dino.py unpacks them as (cls, mid,
+    # late):
+    # block 11 meets the teacher's mid block 8, block 5 its last block 11; get_intermediate_layers applies no norm
+    return dict(mid_stage=11, last_stage=5, patch_norm=False)
+
 # %% ../../nbs/20_models.student.ipynb #53367d51
 def _teacher_state(teacher) -> dict:
     "A timm-layout state dict from an OpticalTeacher, a timm model or a state dict in any supported layout."
-    if isinstance(teacher, dict):
-        from deo_kit.models.teachers import to_timm_state_dict  # lazy: teachers depends on this module
-        return to_timm_state_dict(teacher)[0]
+    if isinstance(teacher, dict): return to_timm_state_dict(teacher)[0]
     model = getattr(teacher, "model", teacher)
     return {k: v.detach() for k, v in model.state_dict().items()}
 
@@ -248,17 +268,20 @@ from timm.layers import resample_patch_embed
 @torch.no_grad()
 def init_student_from_teacher(student: DualStemViT, # a ViT student of the teacher's width and depth
                               teacher, # OpticalTeacher, timm ViT, or a state dict (timm/HF/Meta layout)
-                              rgb_idx: tuple[int, ...] | None = None # R, G, B positions in the band set (default student.rgb_idx)
+                              rgb_idx: tuple[int,
+                                             ...] | None = None # R, G, B indices in the bands (default student.rgb_idx)
                              ) -> dict: # report: copied / folded / dropped keys
     "Copy the teacher's trunk into `student`, resample its patch kernel for the RGB stem, zero-rule the MS stem."
     if not isinstance(student, DualStemViT):
         raise TypeError(f"init from the teacher needs a ViT student, got {type(student).__name__}")
     sd = _teacher_state(teacher)
     if "pos_embed" not in sd:
-        raise ValueError("the teacher has no absolute position embedding (DINOv3 uses RoPE); init_student needs a DINOv2-style ViT")
+        raise ValueError("the teacher has no absolute position embedding (DINOv3 uses RoPE); init_student needs a "
+                         "DINOv2-style ViT")
     D, depth = sd["cls_token"].shape[-1], len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     if (D, depth) != (student.embed_dim, student.depth):
-        raise ValueError(f"teacher is width {D}, depth {depth}; student is width {student.embed_dim}, depth {student.depth}")
+        raise ValueError(f"teacher is width {D}, depth {depth}; student is width {student.embed_dim}, depth "
+                         f"{student.depth}")
     rgb_idx = tuple(rgb_idx) if rgb_idx is not None else student.rgb_idx
     has_ls = hasattr(student.blocks[0].ls1, "gamma")
     new, folded = {}, []

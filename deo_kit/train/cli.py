@@ -4,54 +4,224 @@
 
 # %% ../../nbs/42_train.cli.ipynb #7eca904f
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, copy, shutil, sys, time
 from pathlib import Path
-from ..config import list_presets, load_config, load_yaml, merge, parse_overrides
-from .loop import NonFiniteLossError, latest_checkpoint, pretrain
+from ..config import list_presets, load_config, merge, parse_overrides, to_dict, validate_config
+from ..core import error_line, safetensors_problem, unique_dir
+# deo_kit.train.loop (torch) loads in cli_main, so `deo pretrain --help` stays light
 
 # %% auto #0
-__all__ = ['pretrain_parser', 'config_from_args', 'cli_main']
+__all__ = ['RESUME_SAFE', 'RUN_FILES', 'pretrain_parser', 'resume_config', 'config_from_args', 'prepare_run_dir',
+           'check_resume_files', 'nothing_to_do', 'checkpoint_bytes', 'describe_run', 'cli_main']
 
 # %% ../../nbs/42_train.cli.ipynb #58d3f4d9
 def pretrain_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deo pretrain", description="DEO dual-teacher pretraining. With no arguments: the `demo` preset "
+    p = argparse.ArgumentParser(prog="deo pretrain",
+                                description="DEO dual-teacher pretraining. With no arguments: the `demo` preset "
                                 "(the embedded Sentinel-2 scene and the DINOv2-S/14 demo teacher), minutes on a CPU.")
     p.add_argument("--preset", default=None, help=f"shipped preset (default demo): {', '.join(list_presets())}")
     p.add_argument("--config", help="YAML file applied after the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set optim.lr=1e-4 (repeatable; values parsed as YAML)")
-    p.add_argument("--data", action="append", help="training data (repeatable): a scene file, a per-band folder, a SAFE folder or STAC item JSON, class folders (labels unused), or a shard folder (streamed)")
+    p.add_argument("--data", action="append",
+                   help="training data (repeatable): a scene file, a per-band folder, a SAFE folder or STAC item JSON, "
+                        "class folders (labels unused; eurosat-sample = the packaged sample), or a shard folder "
+                        "(streamed)")
     p.add_argument("--layout", help="band order inside multi-band files, e.g. eurosat-ms")
-    p.add_argument("--teacher", help="optical teacher weights file (else $DEO_KIT_TEACHER, the cache, or the demo teacher)")
-    p.add_argument("--out", help="run folder (default runs/pretrain-<time>)")
-    p.add_argument("--resume", help="continue a run folder (or checkpoint) written by deo pretrain")
+    p.add_argument("--teacher",
+                   help="optical teacher weights file (else $DEO_KIT_TEACHER, the cache, or the demo teacher)")
+    p.add_argument("--out", help="run folder: new or empty (default: a new runs/pretrain-<time>[-N])")
+    p.add_argument("--resume",
+                   help="continue a run folder (or checkpoint) written by deo pretrain, with its saved config; "
+                   f"--set may change only {', '.join(RESUME_SAFE)}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse a non-empty --out: its run's config, metrics and checkpoints are deleted first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and what the run would do (steps, images, epochs, checkpoint size); "
+                        "write nothing")
     return p
 
+# %% ../../nbs/42_train.cli.ipynb #de9b8869
+# what a resumed run may change: how long it runs and how it is logged and placed, never what or how it learns
+RESUME_SAFE = ("train.steps", "train.epochs", "train.checkpoint_every", "train.log_every", "train.knn_every",
+               "train.knn_data",
+               "train.knn_layout", "train.compile", "train.device", "train.out_dir", "data.num_workers", "teacher.path")
+
+def _changes(a) -> dict:
+    "The command line's settings as one nested dict: --data/--layout/--teacher, then --set (which wins)."
+    d = {}
+    if a.data: d.setdefault("data", {})["sources"] = a.data
+    if a.layout: d.setdefault("data", {})["layout"] = a.layout
+    if a.teacher: d.setdefault("teacher", {})["path"] = a.teacher
+    def put(dst, src):
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict): put(dst[k], v)
+            else: dst[k] = v
+    put(d, parse_overrides(a.overrides))
+    return d
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v,
+        dict) else [(f"{prefix}{k}", v)])}
+
+def resume_config(a):
+    ("The config saved with the run `--resume` names, changed by the command line in RESUME_SAFE keys only (any other "
+     "difference is an error listing it).")
+    from deo_kit.checkpoint import run_config
+    saved = run_config(a.resume)
+    wanted = load_config(a.preset or "demo", a.config,
+                         _changes(a)) if (a.preset or a.config) else validate_config(merge(copy.deepcopy(saved),
+                                                                                           _changes(a)))
+    old, new = _flat(to_dict(saved)), _flat(to_dict(wanted))
+    diffs = [f"{k}: checkpoint {old.get(k)!r} vs now {v!r}" for k, v in new.items() if old.get(k) != v
+             and k not in RESUME_SAFE]
+    if diffs:
+        raise ValueError(f"{a.resume}: cannot resume with other settings; a resumed run keeps its saved config and may "
+                         "change only "
+                               f"{', '.join(RESUME_SAFE)}. Start a new run (--out) to change: " + "; ".join(diffs))
+    return wanted
+
+# %% ../../nbs/42_train.cli.ipynb #f1c286c3
 def config_from_args(a):
-    "The resolved config of a parsed `deo pretrain` command line."
-    extra = {}
-    if a.data: extra.setdefault("data", {})["sources"] = a.data
-    if a.layout: extra.setdefault("data", {})["layout"] = a.layout
-    if a.teacher: extra.setdefault("teacher", {})["path"] = a.teacher
-    if a.resume and not a.preset and not a.config:  # a resumed run keeps its own resolved config
-        cfg = merge(load_config(None), load_yaml(Path(a.resume) / "config.yaml")) if (Path(a.resume) / "config.yaml").is_file() else load_config("demo")
-    else: cfg = load_config(a.preset or "demo", a.config)
-    return merge(merge(cfg, extra), parse_overrides(a.overrides))
+    ("The resolved config of a parsed `deo pretrain` command line (with --resume: the run's saved config, see "
+     "`resume_config`).")
+    if a.resume: return resume_config(a)
+    return load_config(a.preset or "demo", a.config, _changes(a))
+
+# %% ../../nbs/42_train.cli.ipynb #c4e0a142
+RUN_FILES = ("config.yaml", "metrics.csv", "metrics.png", "checkpoints")  # what a run writes into its folder
+
+def _run_folder(resume) -> Path:
+    "The run folder of a --resume value (a run folder, or a checkpoint folder inside one)."
+    p = Path(resume).resolve()
+    return p.parent.parent if (p / "state.json").is_file() and p.parent.name == "checkpoints" else p
+
+def prepare_run_dir(out, resume=None, overwrite: bool = False) -> Path | None:
+    ("The folder this run writes: a new or empty `out`, the resumed run's own folder, or (with `overwrite`) `out` "
+     "emptied of its run; no `out`: a new unique runs/pretrain-<time>[-N].")
+    if out is None:
+        if resume and (_run_folder(resume) / "checkpoints").is_dir():
+            return _run_folder(resume)  # the resumed run's own folder
+        return unique_dir(Path("runs") / f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(out)
+    if not out.exists(): return out
+    if not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a folder; choose a new folder")
+    held = sorted(p.name for p in out.iterdir())
+    if not held or (resume and _run_folder(resume) == out.resolve()): return out
+    if overwrite:
+        for name in RUN_FILES:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        return out
+    raise ValueError(f"--out {out}: the folder is not empty ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); "
+                     f"continue its run with --resume {out}, replace it with --overwrite, or choose a new folder")
+
+# %% ../../nbs/42_train.cli.ipynb #b0def404
+def check_resume_files(resume):
+    "Refuse a checkpoint whose weight files are truncated, naming the file and the newest intact earlier checkpoint."
+    from deo_kit.checkpoint import latest_checkpoint, resumable_state
+    ck = latest_checkpoint(resume)
+    resumable_state(ck)  # a student-only checkpoint (train.save=student) cannot resume: say so before checking files
+    bad = [(f, why) for f in (ck / "model.safetensors",
+                              ck / "optimizer.safetensors") if (why := safetensors_problem(f))]
+    if not bad: return
+    f, why = bad[0]
+    older = sorted((p for p in ck.parent.glob("step-*") if p.name < ck.name), reverse=True)
+    good = next((p for p in older if not any(safetensors_problem(p / n) for n in ("model.safetensors",
+                                                                                  "optimizer.safetensors"))), None)
+    hint = (f"the newest intact checkpoint is {good}: resume from it with --resume {good}" if good
+            else "no earlier checkpoint is intact: start a new run")
+    raise ValueError(f"{f}: cannot resume, the file is {why}; {hint}")
+
+# %% ../../nbs/42_train.cli.ipynb #2c161e9b
+def nothing_to_do(resume, cfg) -> str | None:
+    "A message when the checkpoint already reached train.steps (else None)."
+    from deo_kit.checkpoint import checkpoint_state, latest_checkpoint
+    ck = latest_checkpoint(resume)
+    step = int(checkpoint_state(ck)["step"])
+    if cfg.train.epochs is not None or step < cfg.train.steps: return None
+    return (f"nothing to do: {ck} is at step {step} and train.steps is {cfg.train.steps}; "
+            f"to train on, raise it (--set train.steps={2 * step})")
+
+# %% ../../nbs/42_train.cli.ipynb #cab842f4
+def _nbytes(tensors) -> int: return sum(t.numel() * t.element_size() for t in tensors)
+
+def checkpoint_bytes(cfg) -> dict:
+    ("Expected bytes of one checkpoint of `cfg`'s run: weights (student, heads, EMA), AdamW state (2 moments per "
+     "trainable weight), and the student alone.")
+    import torch
+    from deo_kit.models.teachers import _canon_arch, random_teacher
+    from deo_kit.train.optim import param_groups
+    from deo_kit.train.meta import DEOModel
+    t = cfg.teacher
+    name = str(t.path)[7:] if t.path and str(t.path).startswith("random:") else _canon_arch(t.arch) if t.arch else None
+    if name is None: raise ValueError("teacher.arch is not set: the checkpoint size depends on the teacher's width")
+    # built on the meta device: shapes and dtypes without memory or initialisation (a Swin-B run: seconds, not 2 GB)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"): model = DEOModel(cfg, random_teacher(name))
+    sd = model.state_dict()
+    weights, student = _nbytes(sd.values()), _nbytes(v for k, v in sd.items() if k.startswith("student."))
+    adam = 2 * _nbytes(p for g in param_groups(model) for p in g["params"])
+    return {"weights": weights, "optimizer": adam, "full": weights + adam, "student": student,
+            "student_params": sum(p.numel() for p in model.student.parameters())}
+
+# %% ../../nbs/42_train.cli.ipynb #a9f32893
+def describe_run(cfg) -> str:
+    "What `deo pretrain` will do with `cfg`: steps, images, epochs, crops, checkpoints and their size."
+    import yaml
+    from deo_kit.train.data import _shard_roots, epoch_samples, read_sources, resolve_run_length
+    cfg, _ = resolve_run_length(cfg, log=None)
+    t, o, c = cfg.train, cfg.optim, cfg.crops
+    images = t.steps * o.batch_size  # optim.batch_size is the whole step; accum_steps only splits it into micro-batches
+    if _shard_roots(cfg): epochs = "streamed shard folders: length not known in advance"
+    else:
+        n = epoch_samples(cfg, read_sources(cfg, masks=False))
+        epochs = f"{images / n:.2f} epochs of {n} samples, {cfg.data.window_scale[0] * c.global_size:g} px windows"
+    size = checkpoint_bytes(cfg)
+    n_ckpt = len(set(range(t.checkpoint_every, t.steps + 1, t.checkpoint_every)) | {t.steps})
+    mb = lambda b: f"{b / 1e6:,.0f} MB"
+    micro = (f" (in {o.accum_steps} accumulated micro-batches of {o.batch_size // o.accum_steps})"
+             if o.accum_steps > 1 else "")
+    return "\n".join([yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "",
+        "deo pretrain --dry-run: the resolved config above; nothing was written. The run would do:",
+        f"  steps       {t.steps} × {o.batch_size} "
+        f"images{micro} per process = {images:,} images: {epochs}",
+        f"  crops       per image 2 global {c.global_size} px + {c.n_local} local {c.local_size} px, bands "
+        f"{cfg.data.bands}",
+        f"  model       student {cfg.student.arch} ({size['student_params'] / 1e6:.1f} M parameters); optical teacher "
+        f"{cfg.teacher.arch or cfg.teacher.path} (frozen, not saved)",
+        f"  checkpoints {n_ckpt} (every {t.checkpoint_every} steps and after the last), each ≈ {mb(size['full'])}: "
+        f"weights {mb(size['weights'])} + AdamW state {mb(size['optimizer'])}; the student alone is "
+        f"{mb(size['student'])}",
+        f"  data        {', '.join(map(str, cfg.data.sources))}",
+        f"  run folder  {t.out_dir or 'runs/pretrain-<time>'}"])
 
 # %% ../../nbs/42_train.cli.ipynb #afa578dc
 def cli_main(argv: list[str] | None = None) -> int:
     "Entry point of `deo pretrain`."
     a = pretrain_parser().parse_args(argv)
+    from deo_kit.train.loop import pretrain
+    from deo_kit.train.metrics import NonFiniteLossError
     try:
+        if a.resume and a.overwrite: raise ValueError("--resume continues a run and --overwrite deletes one: give one "
+                                                      "of them")
         cfg = config_from_args(a)
-        res = pretrain(cfg, out_dir=a.out, resume=a.resume, progress=not a.no_progress)
+        if a.dry_run: print(describe_run(cfg)); return 0
+        if a.resume:
+            check_resume_files(a.resume)
+            if (msg := nothing_to_do(a.resume, cfg)): print(msg); return 0
+        out = prepare_run_dir(a.out or cfg.train.out_dir, a.resume, a.overwrite)
+        res = pretrain(cfg, out_dir=out, resume=a.resume, progress=not a.no_progress)
     except NonFiniteLossError as e:
         print(f"deo pretrain: stopped: {e}", file=sys.stderr); return 3
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as e:
-        print(f"deo pretrain: error: {e}", file=sys.stderr); return 1
+        print(error_line("deo pretrain", e), file=sys.stderr); return 1
     last = res.last
-    terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("total", "ms", "distill", "distill_cls_cos", "distill_last_cos", "distill_mid_cos") if k in last)
-    print(f"\ndone: {res.steps} steps in {res.wall_s:.0f} s ({last.get('images_per_s', float('nan')):.2f} images/s at the end); final {terms}")
-    print(f"  run folder  {res.out_dir}\n  checkpoint  {res.checkpoint}\n  metrics     {res.metrics} (plot: {res.out_dir / 'metrics.png'})\n  config      {res.config}")
+    if not last: print(f"nothing to do: {res.out_dir} had already run its {res.steps} steps"); return 0
+    terms = ", ".join(f"{k} {last[k]:.4f}" for k in ("total", "ms", "distill", "distill_cls_cos", "distill_last_cos",
+                                                     "distill_mid_cos") if k in last)
+    print(f"\ndone: {res.steps} steps in {res.wall_s:.0f} s ({last.get('images_per_s', float('nan')):.2f} images/s at "
+          f"the end); final {terms}")
+    print(f"  run folder  {res.out_dir}\n  checkpoint  {res.checkpoint}\n  metrics     {res.metrics} (plot: "
+          f"{res.out_dir / 'metrics.png'})\n  config      {res.config}")
     return 0

@@ -4,25 +4,27 @@
 
 # %% ../../nbs/40a_train.data.ipynb #7197c8a2
 from __future__ import annotations
-import itertools, warnings
-from dataclasses import dataclass, field
+import copy, itertools, warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ..config import DEOConfig
-from ..data.bands import get_band_set, rgb_indices
-from ..data.crops import MultiCrop, MultiCropConfig, MultiCropDataset, collate_crops
-from ..data.datasets import ClassFolderDataset
-from ..data.io import band_files, open_demo_scene, open_scene
+from ..data.bands import get_band_set
+from ..data.crops import MultiCrop, MultiCropDataset, collate_crops
+from ..data.datasets import ClassFolderDataset, resolve_data_name
+from ..data.io import RASTER_SUFFIXES, band_files, open_demo_scene, open_raster, open_scene
 from ..data.masks import CloudFilter, OffsetUnknownError
 from ..data.products import is_product, read_product, source_cloud_mask
 from ..data.shards import ShardDataset, stream_patches, worker_slot
 from ..data.stats import get_stats
+from ..data.norm import Normalisation
 
 # %% auto #0
-__all__ = ['SourceImages', 'is_shard_folder', 'read_sources', 'load_sources', 'SeededCrops', 'StepSampler', 'ShardCrops',
-           'build_multicrop', 'cloud_filter', 'build_loader']
+__all__ = ['SCALE_RANGE', 'HR_SUFFIXES', 'SourceImages', 'is_shard_folder', 'read_sources', 'load_sources', 'check_images',
+           'SeededCrops', 'StepSampler', 'ShardCrops', 'build_multicrop', 'cloud_filter', 'build_loader',
+           'epoch_samples', 'resolve_run_length', 'hr_index', 'read_hr_rgb']
 
 # %% ../../nbs/40a_train.data.ipynb #45011e28
 @dataclass
@@ -35,15 +37,24 @@ class SourceImages:
     def add(self, image, mask=None, name=""):
         self.images.append(torch.as_tensor(image)); self.cloud_masks.append(mask); self.names.append(name)
 
-def _is_class_folder(p: Path) -> bool:
-    if not p.is_dir() or is_product(p) or is_shard_folder(p): return False
-    try: band_files(p); return False
-    except ValueError: return True
+def _image_folder(p: Path) -> str | None:
+    ("'images' for a flat folder of multi-band rasters, 'classes' for class folders, None for a source read as one "
+     "scene.")
+    if not p.is_dir() or is_product(p) or is_shard_folder(p): return None
+    try: band_files(p); return None
+    except ValueError: pass
+    if any(f.is_file() and f.suffix.lower() in RASTER_SUFFIXES for f in p.iterdir()): return "images"
+    if any(d.is_dir() for d in p.iterdir()): return "classes"
+    raise ValueError(f"{p}: holds no raster files; data.sources takes scene files, per-band folders, SAFE folders, "
+                     "folders of images, class folders or shard folders")
 
+
+# %% ../../nbs/40a_train.data.ipynb #ff156217
 def is_shard_folder(p) -> bool:
     "A folder written by `deo data shard`."
     return Path(p).is_dir() and (Path(p) / "index.json").is_file()
 
+# %% ../../nbs/40a_train.data.ipynb #9006c912
 def _read_scene(p: Path, cfg: DEOConfig, bands):
     if is_product(p):
         try: return read_product(p, bands=bands, offset=cfg.data.s2_offset)
@@ -56,20 +67,53 @@ def read_sources(cfg: DEOConfig, masks: bool = True) -> SourceImages:
     bands, out = get_band_set(cfg.data.bands).bands, SourceImages()
     for src in cfg.data.sources:
         if src == "demo": out.add(open_demo_scene(bands=bands).values, None, src); continue
-        p = Path(src)
-        if is_shard_folder(p): raise ValueError(f"{p}: a shard folder is streamed; it cannot be mixed with other sources in data.sources")
-        if _is_class_folder(p):
+        p = Path(resolve_data_name(src))  # a packaged data name (eurosat-sample) or a path
+        if is_shard_folder(p):
+            raise ValueError(f"{p}: a shard folder is streamed; it cannot be mixed with other sources in data.sources")
+        kind = _image_folder(p)
+        if kind == "classes":
             ds = ClassFolderDataset(p, layout=cfg.data.layout or "eurosat-ms", bands=bands)
             for i in range(len(ds)): out.add(ds[i][0], None, str(ds.files[i]))
+            continue
+        if kind == "images":  # a flat folder: every raster is one image
+            for f in sorted(f for f in p.iterdir() if f.suffix.lower() in RASTER_SUFFIXES):
+                out.add(open_raster(f, layout=cfg.data.layout or "eurosat-ms", bands=bands).values, None, str(f))
             continue
         da = _read_scene(p, cfg, bands)
         m = source_cloud_mask(p, da[0]) if masks else None
         out.add(da.values, None if m is None else m.values.astype("float32"), str(p))
     return out
 
+# %% ../../nbs/40a_train.data.ipynb #36d744c3
 def load_sources(cfg: DEOConfig) -> list[torch.Tensor]:
     "Raw-DN tensors `C H W` of every configured source, bands selected by name."
     return read_sources(cfg, masks=False).images
+
+# %% ../../nbs/40a_train.data.ipynb #c4e0a126
+SCALE_RANGE = (1 / 50,
+               20)  # the image mean must lie in [typical/50, typical×20] of data.stats (as eval.encoders.check_pixels)
+
+def check_images(src: SourceImages, cfg: DEOConfig) -> SourceImages:
+    ("Refuse, naming the image, what training cannot use: smaller than the global crop, a band without a valid pixel, "
+     "values off the statistics' scale.")
+    size, bands = cfg.crops.global_size, get_band_set(cfg.data.bands).bands
+    level = float(np.mean(get_stats(cfg.data.stats).select(bands)[0]))
+    for img, name in zip(src.images, src.names):
+        _, h, w = img.shape
+        if min(h, w) < size:
+            raise ValueError(f"{name}: the image is {h}×{w} px, smaller than crops.global_size {size}; remove it, or "
+                             "lower crops.global_size")
+        ok = torch.isfinite(img)
+        empty = [b for b, n in zip(bands, ok.flatten(1).sum(1)) if n == 0]
+        if empty: raise ValueError(f"{name}: band(s) {empty} hold no valid pixel (all NaN/nodata); remove this source")
+        m = float(img[ok].float().mean())
+        if not level * SCALE_RANGE[0] <= m <= level * SCALE_RANGE[1]:
+            raise ValueError(f"{name}: pixel values (mean {m:.4g}) are not on the scale of data.stats "
+                             f"{cfg.data.stats!r} (typical value {level:.0f}); "
+                             "convert the data to DN (reflectance × 10000), or compute its statistics with `deo data "
+                             "stats` and set data.stats")
+    return src
+
 
 # %% ../../nbs/40a_train.data.ipynb #2490fa00
 class SeededCrops(Dataset):
@@ -81,6 +125,7 @@ class SeededCrops(Dataset):
             torch.manual_seed(self.seed * 1_000_003 + idx)
             return self.ds[idx]
 
+# %% ../../nbs/40a_train.data.ipynb #4da7dc82
 class StepSampler(Sampler):
     "Sample indices for steps [start, steps): rank r of w takes its slice of each step's global batch."
     def __init__(self, start: int, steps: int, batch: int, rank: int = 0, world: int = 1):
@@ -92,7 +137,8 @@ class StepSampler(Sampler):
 
 # %% ../../nbs/40a_train.data.ipynb #594707bb
 class ShardCrops(IterableDataset):
-    "Multi-crop samples streamed from shard folders (epoch after epoch), split by rank and worker, for batches [start_batch, end_batch)."
+    ("Multi-crop samples streamed from shard folders (epoch after epoch), split by rank and worker, for batches "
+     "[start_batch, end_batch).")
     def __init__(self, roots, multicrop: MultiCrop, bands, seed: int = 0, rank: int = 0, world: int = 1,
                  start_batch: int = 0, end_batch: int = 1, batch_size: int = 1, max_cloud: float | None = None):
         self.roots, self.mc, self.bands, self.seed = [Path(r) for r in roots], multicrop, list(bands), seed
@@ -111,14 +157,18 @@ class ShardCrops(IterableDataset):
         if not torch.isfinite(x).all(): return False
         if self.max_cloud is None: return True
         cf = meta.get("cloud_fraction")
-        if cf is None: raise ValueError(f"data.max_cloud is set but shard patch {meta.get('key')} from {meta.get('source')} has no cloud fraction (its source had no quality layer)")
+        if cf is None:
+            raise ValueError(f"data.max_cloud is set but shard patch {meta.get('key')} from {meta.get('source')} has "
+                             "no cloud fraction (its source had no quality layer)")
         return cf <= self.max_cloud
 
     def __iter__(self):
         wid, nw = worker_slot(self)  # logical worker, rotated by start_batch as ShardDataset does
-        skip = (max(0, self.start_batch - wid) + nw - 1) // nw * self.batch_size  # this worker's share of the batches seen
+        skip = (max(0,
+                    self.start_batch - wid) + nw - 1) // nw * self.batch_size  # this worker's share of the batches seen
         physical = (wid - self.start_batch) % nw
-        n = len(range(physical, self.end_batch - self.start_batch, nw)) * self.batch_size  # its share of the batches to come
+        n = len(range(physical, self.end_batch - self.start_batch,
+                      nw)) * self.batch_size  # its share of the batches to come
         usable = (item for item in self._patches() if self._usable(*item))
         for i, (x, _) in enumerate(usable):
             if i < skip: continue
@@ -128,42 +178,145 @@ class ShardCrops(IterableDataset):
                 yield self.mc(x)
 
 # %% ../../nbs/40a_train.data.ipynb #e218d310
-def build_multicrop(cfg: DEOConfig, patch_size: int | None = None) -> MultiCrop:
-    "The configured multi-crop with per-band statistics looked up by name."
-    c, bands = cfg.crops, get_band_set(cfg.data.bands)
-    mc = MultiCropConfig(global_size=c.global_size, local_size=c.local_size, n_local=c.n_local, global_scale=tuple(c.global_scale),
-                         local_scale=tuple(c.local_scale), rgb_aug=c.rgb_aug, rgb_scale=c.rgb_scale)
-    mc.validate(patch_size)
-    mean, std = get_stats(cfg.data.stats).select(bands.bands)
-    return MultiCrop(mc, rgb_indices(bands), mean=mean, std=std)
+def build_multicrop(cfg: DEOConfig, patch_size: int | None = None,
+                    norm: Normalisation | None = None # the model's normalisation (default: the config's)
+                   ) -> MultiCrop:
+    "The configured multi-crop, normalising with the model's `Normalisation`."
+    mc = replace(cfg.crops).validate(patch_size)  # a copy: the run's crops config is the multi-crop's
+    norm = norm or Normalisation.from_config(cfg)
+    # a paired high-res RGB follows the RGB rule: per-crop max (the reference treats the first three channels alike), or
+    # 8-bit / 255
+    return MultiCrop(mc, None, norm=norm, hr_scale=None if norm.rgb_rule == "crop-max" else 255.0)
 
+# %% ../../nbs/40a_train.data.ipynb #46802a70
 def cloud_filter(cfg: DEOConfig, sources: SourceImages) -> CloudFilter | None:
     "The `data.max_cloud` filter over the sources' masks (an error when no source has a quality layer)."
     if cfg.data.max_cloud is None: return None
     if all(m is None for m in sources.cloud_masks):
-        raise ValueError(f"data.max_cloud={cfg.data.max_cloud} needs a quality layer (SCL of an L2A product, BQA of a Landsat folder); "
+        raise ValueError(f"data.max_cloud={cfg.data.max_cloud} needs a quality layer (SCL of an L2A product, BQA of a "
+                         "Landsat folder); "
                          f"none of {sorted(set(sources.names))} has one")
     bare = sorted({n for n, m in zip(sources.names, sources.cloud_masks) if m is None})
-    if bare: warnings.warn(f"data.max_cloud: {len(bare)} source(s) have no quality layer and are sampled unfiltered: {bare[:5]}")
+    if bare:
+        warnings.warn(f"data.max_cloud: {len(bare)} source(s) have no quality layer and are sampled unfiltered: "
+                      f"{bare[:5]}")
     return CloudFilter(sources.cloud_masks, cfg.data.max_cloud, cfg.data.cloud_mode)
 
+# %% ../../nbs/40a_train.data.ipynb #dc58e121
 def _shard_roots(cfg: DEOConfig) -> list[str]:
     roots = [s for s in cfg.data.sources if s != "demo" and is_shard_folder(s)]
     if roots and len(roots) != len(cfg.data.sources):
-        raise ValueError(f"data.sources: shard folders {roots} cannot be mixed with other sources; shard those too (deo data shard)")
+        raise ValueError(f"data.sources: shard folders {roots} cannot be mixed with other sources; shard those too "
+                         "(deo data shard)")
     return roots
 
-def build_loader(cfg: DEOConfig, sources=None, # `SourceImages` or a list of images (default: read the configured sources)
-                 start: int = 0, rank: int = 0, world: int = 1, patch_size: int | None = None) -> DataLoader:
+def build_loader(cfg: DEOConfig,
+                 sources=None, # `SourceImages` or a list of images (default: read the configured sources)
+                 start: int = 0, rank: int = 0, world: int = 1, patch_size: int | None = None,
+                 norm: Normalisation | None = None # the model's normalisation (default: the config's)
+                ) -> DataLoader:
     "A loader of `Crops` batches for steps [start, steps) of this rank."
     micro = cfg.optim.batch_size // cfg.optim.accum_steps
-    common = dict(batch_size=micro, collate_fn=collate_crops, num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
-    mc = build_multicrop(cfg, patch_size)
+    common = dict(batch_size=micro, collate_fn=collate_crops, num_workers=cfg.data.num_workers,
+                  pin_memory=torch.cuda.is_available())
+    mc = build_multicrop(cfg, patch_size, norm)
     if sources is None and (roots := _shard_roots(cfg)):
+        if cfg.data.hr_rgb:
+            raise ValueError(f"data.hr_rgb pairs images read from folders or scene files; the shard folders {roots} "
+                             "carry no high-resolution RGB")
         a = cfg.optim.accum_steps
-        ds = ShardCrops(roots, mc, get_band_set(cfg.data.bands).bands, cfg.train.seed, rank, world, start * a, cfg.train.steps * a, micro, cfg.data.max_cloud)
+        ds = ShardCrops(roots, mc, get_band_set(cfg.data.bands).bands, cfg.train.seed, rank, world, start * a,
+                        cfg.train.steps * a, micro, cfg.data.max_cloud)
         return DataLoader(ds, **common)
-    src = read_sources(cfg) if sources is None else sources if isinstance(sources, SourceImages) else SourceImages(list(sources), [None] * len(sources), ["images"] * len(sources))
-    base = MultiCropDataset(src.images, mc, window=tuple(cfg.data.window_scale), cloud_filter=cloud_filter(cfg, src))
+    src = read_sources(cfg) if sources is None else sources if isinstance(sources,
+        SourceImages) else SourceImages(list(sources), [None] * len(sources), ["images"] * len(sources))
+    hr = read_hr_rgb(cfg, src) if cfg.data.hr_rgb else None
+    base = MultiCropDataset(check_images(src, cfg).images, mc, window=tuple(cfg.data.window_scale),
+                            cloud_filter=cloud_filter(cfg, src), hr_rgb=hr)
     sampler = StepSampler(start * cfg.optim.accum_steps, cfg.train.steps * cfg.optim.accum_steps, micro, rank, world)
     return DataLoader(SeededCrops(base, cfg.train.seed), sampler=sampler, **common)
+
+# %% ../../nbs/40a_train.data.ipynb #b17e0c02
+def epoch_samples(cfg: DEOConfig, sources: SourceImages) -> int:
+    ("Samples in one epoch of `sources`: each image's non-overlapping windows of the smallest window edge (at least "
+     "one).")
+    g = cfg.data.window_scale[0] * cfg.crops.global_size
+    return sum(max(1, int(img.shape[-2] * img.shape[-1] // (g * g))) for img in sources.images)
+
+# %% ../../nbs/40a_train.data.ipynb #1346eb62
+def resolve_run_length(cfg: DEOConfig, world: int = 1, # processes sharing each step
+                       log=print # where the steps an epoch means are reported (None: quiet)
+                      ) -> tuple[DEOConfig, SourceImages | None]:
+    ("With `train.epochs`: a copy of `cfg` whose train.steps and warm-up come from the data's length, and the sources "
+     "read for it.")
+    t, o = cfg.train, cfg.optim
+    if t.epochs is None:
+        if o.warmup_epochs is not None:
+            raise ValueError(f"optim.warmup_epochs={o.warmup_epochs} needs train.epochs; with train.steps use "
+                             "optim.warmup_frac (--set optim.warmup_epochs=null)")
+        return cfg, None
+    if roots := _shard_roots(cfg):
+        raise ValueError(f"train.epochs={t.epochs} needs data of known length, but data.sources {roots} are streamed "
+                         "shard folders "
+                         "whose length is not known in advance; give train.steps instead (--set train.epochs=null "
+                         "optim.warmup_epochs=null train.steps=N)")
+    src = read_sources(cfg)
+    n, per_step = epoch_samples(cfg, src), o.batch_size * world
+    spe = n // per_step
+    if spe < 1:
+        raise ValueError(f"one epoch holds {n} samples, fewer than one step's {per_step} (optim.batch_size "
+                         f"{o.batch_size} × {world} processes); lower optim.batch_size or give train.steps")
+    cfg = copy.deepcopy(cfg)
+    cfg.train.steps = max(1, round(t.epochs * spe))
+    msg = (f"train.epochs={t.epochs:g}: {n} samples per epoch / ({o.batch_size} × {world} per step) = {spe} steps per "
+           f"epoch → {cfg.train.steps} steps")
+    if o.warmup_epochs is not None:
+        w = min(cfg.train.steps, round(o.warmup_epochs * spe))
+        cfg.optim.warmup_frac = (w
+                                 + 0.5) / cfg.train.steps if w < cfg.train.steps else 1.0  # int(frac·steps) = w exactly
+        msg += f", warm-up {o.warmup_epochs:g} epochs = {w} steps"
+    if log is not None: log(msg)
+    return cfg, src
+
+# %% ../../nbs/40a_train.data.ipynb #b17f0e02
+HR_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+def hr_index(folder) -> dict[str, Path]:
+    "File stem → path of every image under `folder` (recursively); one stem in two files is an error naming both."
+    index = {}
+    for f in sorted(Path(folder).rglob("*")):
+        if f.suffix.lower() not in HR_SUFFIXES or not f.is_file(): continue
+        if f.stem in index: raise ValueError(f"data.hr_rgb: two images for sample {f.stem!r}: {index[f.stem]} and {f}")
+        index[f.stem] = f
+    return index
+
+# %% ../../nbs/40a_train.data.ipynb #1047187a
+def _read_rgb(f: Path) -> np.ndarray:
+    "The first three bands of an image file, `3 H W` in its stored dtype."
+    if f.suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+        with rasterio.open(f) as r: a = r.read()
+    else:
+        from PIL import Image
+        with Image.open(f) as im: a = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
+    if a.shape[0] < 3: raise ValueError(f"{f}: a high-resolution RGB image needs 3 bands, it has {a.shape[0]}")
+    return np.ascontiguousarray(a[:3])
+
+def read_hr_rgb(cfg: DEOConfig, sources: SourceImages) -> list[torch.Tensor]:
+    ("Per source image, its high-resolution RGB `3 H' W'` from the `data.hr_rgb` folder, found by the sample's file "
+     "stem.")
+    folder = Path(cfg.data.hr_rgb)
+    if not folder.is_dir(): raise FileNotFoundError(f"data.hr_rgb: {folder} is not a folder")
+    index, out = hr_index(folder), []
+    for name in sources.names:
+        f = index.get(Path(name).stem)
+        if f is None: raise FileNotFoundError(f"data.hr_rgb: no high-resolution RGB image for sample {name} "
+                                              f"(looked for {Path(name).stem}.png/.jpg/.jpeg/.tif/.tiff under "
+                                              f"{folder})")
+        a = _read_rgb(f)
+        if cfg.crops.rgb_scale is not None and a.dtype != np.uint8:
+            raise ValueError(f"{f}: {a.dtype} RGB; with crops.rgb_scale set the high-resolution RGB must be 8-bit "
+                             "(scaled by 255) — "
+                             "or set crops.rgb_scale=null (per-crop maximum, the reference's rule)")
+        out.append(torch.from_numpy(a))
+    return out

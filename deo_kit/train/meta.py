@@ -6,72 +6,79 @@
 from __future__ import annotations
 import math, time
 from contextlib import contextmanager, nullcontext
+from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import timm
 from ..config import DEOConfig
-from ..data.bands import BandSet, get_band_set, rgb_indices
+from ..data.bands import get_band_set, rgb_indices
 from ..layers.heads import DINOHead, DistillHead, SimDINOHead
 from ..loss.dino import DINOLoss
-from ..loss.distill import DistillWeights, cross_view_cosine, distill_loss
+from ..loss.distill import DistillWeights, distill_loss
 from ..loss.simdino import simdino_loss
-from ..models.student import create_student, init_student_from_teacher
-from ..models.teachers import OpticalTeacher, build_teacher_model, detect_arch, load_optical_teacher, make_ema_teacher
-from .fast import use_fast_paths
+from ..loss.extensions import StepOutputs, active_extensions, add_extensions, spectral_targets
+from ..loss.extensions import spectral_recon_loss  # noqa: F401  (moved to loss.extensions; old import path kept)
+from ..models.student import init_student_from_teacher, student_from_config
+from ..models.ema import EMATeacher, scale_drop_path
+from ..models.teachers import OpticalTeacher
+from ..models.fast import use_fast_paths
+from ..data.norm import Normalisation
 
 # %% auto #0
-__all__ = ['random_teacher', 'build_optical_teacher', 'DEOModel', 'run_student', 'StepTimer', 'spectral_targets',
-           'spectral_recon_loss', 'deo_step_losses']
-
-# %% ../../nbs/40_train.meta.ipynb #ed24e1f1
-def random_teacher(name: str # timm DINOv2/DINOv3 model name, e.g. 'vit_base_patch16_dinov3'
-                  ) -> OpticalTeacher:
-    "An optical teacher of architecture `name` with RANDOM weights (for benchmarks and tests only)."
-    arch = detect_arch(timm.create_model(name, pretrained=False, num_classes=0).state_dict())
-    return OpticalTeacher(build_teacher_model(arch), arch, source=f"random:{name}")  # built as loaded teachers are
-
-def build_optical_teacher(cfg: DEOConfig) -> OpticalTeacher:
-    "The configured optical teacher: `random:<arch>`, or a local file (`teacher.path`, `$DEO_KIT_TEACHER`, the cache, the demo fetch)."
-    t = cfg.teacher
-    if t.path and str(t.path).startswith("random:"): teacher = random_teacher(str(t.path)[7:])
-    else: teacher = load_optical_teacher(t.path, arch=t.arch, layers=tuple(t.layers) if t.layers else None)
-    return teacher
+__all__ = ['DEOModel', 'run_student', 'StepTimer', 'StepPlan', 'step_plan', 'deo_objective', 'deo_step_losses']
 
 # %% ../../nbs/40_train.meta.ipynb #2c0ec63f
 class DEOModel(nn.Module):
     "Student + heads + EMA teacher (registered) and the frozen optical teacher (held aside, never checkpointed)."
     def __init__(self, cfg: DEOConfig, teacher: OpticalTeacher,
-                 fast: bool = True, # exact fast Swin blocks and stems (`train.fast`); False = torchvision's forward
-                 impl: str = "auto" # stem kernel with `fast`: auto (Triton on CUDA)|torch|triton
+                 fast: bool = True, # exact fast Swin blocks and stems (`models.fast`); False = torchvision's forward
+                 impl: str = "auto", # stem kernel with `fast`: auto (Triton on CUDA)|torch|triton
+                 norm: Normalisation | None = None # input normalisation (default: the config's); saved in checkpoints
                 ):
         super().__init__()
         self.cfg, self.bands = cfg, get_band_set(cfg.data.bands)
         self.rgb_idx = rgb_indices(self.bands)
+        self.norm = norm or Normalisation.from_config(cfg)
+        if self.norm.bands != tuple(self.bands.bands):
+            raise ValueError(f"normalisation bands {list(self.norm.bands)} differ from data.bands "
+                             f"{list(self.bands.bands)}")
         s, l = cfg.student, cfg.loss
-        self.student = create_student(s.arch, patch_size=s.patch_size, in_chans=len(self.bands), img_size=cfg.crops.global_size,
-                                      window_size=s.window_size, mid_stage=s.mid_stage, drop_path_rate=s.drop_path_rate,
-                                      rgb_stem=s.rgb_stem, rgb_idx=tuple(self.rgb_idx), **s.kwargs)
-        self.init_report = init_student_from_teacher(self.student, teacher, tuple(self.rgb_idx)) if s.init_from_teacher else None
+        self.student = student_from_config(cfg)
+        self.init_report = init_student_from_teacher(self.student, teacher,
+                                                     tuple(self.rgb_idx)) if s.init_from_teacher else None
         self.ms_head = _ms_head(l, self.student.global_dim)
-        self.weights = DistillWeights(l.distill_cls, l.distill_last, l.distill_mid)
+        self.weights = DistillWeights(l.optical.cls, l.optical.last, l.optical.mid)
         active, D = self.weights.active(), teacher.embed_dim
         dims = {"cls": self.student.global_dim, "last": self.student.last_dim, "mid": self.student.mid_dim}
         self.distill_heads = nn.ModuleDict({k: DistillHead(dims[k], D, l.head_hidden) for k in active})
         # deo_kit extension: the MS path's global vector distilled towards the teacher's CLS too (own head)
-        self.ms_distill_head = DistillHead(self.student.global_dim, D, l.head_hidden) if l.distill_ms_cls else None
-        # deo_kit extension: a linear read-out of the MS path's last-stage patch tokens, asked for each patch's mean bands
-        self.spectral_with_std = l.spectral_targets == "mean+std"
-        self.spectral_head = _zero_linear(self.student.last_dim, (1 + self.spectral_with_std) * len(self.bands)) if l.spectral_recon else None
-        self.dino_loss = DINOLoss(l.out_dim, l.student_temp, l.center_momentum, l.centering, l.impl) if l.objective == "dino" else None
-        self.ema = make_ema_teacher(self.student, self.ms_head)
+        self.ms_distill_head = DistillHead(self.student.global_dim, D, l.head_hidden) if l.ext.ms_cls else None
+        # deo_kit extension: a linear read-out of the MS path's last-stage patch tokens, asked for each patch's mean
+        # bands
+        self.spectral_with_std = l.ext.spectral_targets == "mean+std"
+        self.spectral_head = (_zero_linear(self.student.last_dim, (1 + self.spectral_with_std) * len(self.bands))
+                              if l.ext.spectral_recon else None)
+        self.dino_loss = DINOLoss(l.out_dim, l.dino.student_temp, l.dino.center_momentum, l.dino.centering,
+                                  l.dino.impl) if l.objective == "dino" else None
+        self.ema = EMATeacher(self.student, self.ms_head)
+        _ema_drop_path(self.ema, s)  # the EMA teacher runs in train mode: its own stochastic depth
         self._teacher = [teacher]  # a list keeps it out of state_dict, parameters() and DDP
-        self.teacher_size = cfg.teacher.img_size or max(1, round(cfg.crops.global_size / teacher.patch_size)) * teacher.patch_size
+        self.teacher_size = (cfg.teacher.img_size
+                             or max(1, round(cfg.crops.global_size / teacher.patch_size)) * teacher.patch_size)
         self.batch_crops = True  # one trunk call per crop size (False: one per crop, for benchmarks)
         use_fast_paths(self, fast, impl)
 
     @property
     def teacher(self) -> OpticalTeacher: return self._teacher[0]
+
+def _ema_drop_path(ema, s):
+    "Set the EMA copy's stochastic depth to `student.ema_drop_path_rate` (None keeps the student's, as DEO-FM's Swin)."
+    r = s.ema_drop_path_rate
+    if r is None or r == s.drop_path_rate: return
+    if not s.drop_path_rate:
+        raise ValueError(f"student.ema_drop_path_rate={r} needs student.drop_path_rate > 0 (the EMA teacher is the "
+                         "student's copy)")
+    scale_drop_path(ema, r / s.drop_path_rate)
 
 def _zero_linear(d_in, d_out):
     "A linear layer starting at zero, so no random initial read-out steers what flows back through it."
@@ -93,7 +100,8 @@ def _groups(crops: list[torch.Tensor]) -> list[tuple[int, int]]:
     return runs
 
 def run_student(student, crops: list[torch.Tensor], path: str, patches_upto: int = 0, batch: bool = True):
-    "Global vectors of every view, and (mid, last) maps of the first `patches_upto` views (one trunk call per crop size, or per crop)."
+    ("Global vectors of every view, and (mid, last) maps of the first `patches_upto` views (one trunk call per crop "
+     "size, or per crop).")
     glob, mids, lasts = [], [], []
     for a, b in (_groups(crops) if batch else [(i, i + 1) for i in range(len(crops))]):
         want = a < patches_upto
@@ -131,50 +139,32 @@ def _per_view(head, views: list[torch.Tensor]) -> list[torch.Tensor]:
     "A row-wise head on all views in one call (same rows as one call per view), split back into views."
     return list(head(torch.cat(views)).chunk(len(views))) if views else []
 
-def spectral_targets(x: torch.Tensor, # normalised input `B C s s`
-                     grid: tuple[int, int], # the token grid (h, w); s must be a multiple of each
-                     with_std: bool = False # also each band's pixel std under the token
-                    ) -> torch.Tensor: # `B C h w`, or `B 2C h w` (means, then stds)
-    "Per token and band, the mean (and std) of the normalised pixels under it."
-    mean = F.adaptive_avg_pool2d(x.float(), grid)
-    if not with_std: return mean
-    return torch.cat([mean, (F.adaptive_avg_pool2d(x.float() ** 2, grid) - mean ** 2).clamp_min(0).sqrt()], 1)
+class StepPlan(NamedTuple):
+    "Which passes one step runs, decided by the terms that are on."
+    self_distill: float # weight of the MS self-distillation (0: no EMA teacher pass, no MS head)
+    optical: bool       # the optical teacher runs
+    ms_all_views: bool  # the MS path runs on the local views too (else on the global views only)
+    ms_patches: bool    # the MS path's last-stage maps of the global views
+    rgb_patches: bool   # the RGB path's maps of the global views (patch distillation)
+    rgb_global: bool    # the RGB path's global vectors of the global views, held, for an extension
+    extensions: dict    # the extension terms that are on (`loss.extensions.EXTENSIONS`)
 
-def spectral_recon_loss(head: nn.Linear, maps: list[torch.Tensor], # per view: `B D h w` last-stage patch tokens
-                        crops: list[torch.Tensor], # the same views' normalised input, `B C s s`
-                        with_std: bool = False # the targets include each band's pixel std under the token
-                       ) -> torch.Tensor:
-    "Mean squared error of `head` read off every patch token against that patch's `spectral_targets`."
-    errs = []
-    for z, x in zip(maps, crops):
-        target = spectral_targets(x, z.shape[-2:], with_std)
-        errs.append(F.mse_loss(head(z.float().movedim(1, -1)).movedim(-1, 1), target))
-    return torch.stack(errs).mean()
+# %% ../../nbs/40_train.meta.ipynb #cb2edaf3
+def step_plan(model: DEOModel) -> StepPlan:
+    "The passes `deo_step_losses` runs for `model`'s configuration."
+    ext, heads = model.cfg.loss.ext, model.distill_heads
+    active = active_extensions(ext)
+    needs = set().union(*(e.needs for e in active.values()))
+    return StepPlan(ext.self_distill, bool(heads) or "optical" in needs, bool(ext.self_distill) or "ms_local" in needs,
+                    "ms_patches" in needs, "last" in heads or "mid" in heads, "rgb_global" in needs, active)
 
-@torch.no_grad()
-def _rgb_anchor(model: DEOModel, global_crops: list[torch.Tensor]) -> list[torch.Tensor]:
-    "The RGB path's global vectors of the global crops, held: what `loss.rgb_anchor` keeps the MS path near."
-    return run_student(model.student, [c[:, model.rgb_idx] for c in global_crops], "rgb", 0, model.batch_crops)[0]
-
-def _extension_terms(model: DEOModel, total, parts: dict, s_glob, s_last, global_crops, opt, anchor):
-    "`total` plus deo_kit's extension terms that are on (MS CLS distillation, spectral read-out, RGB anchor); logs each in `parts`."
-    l, T = model.cfg.loss, len(global_crops)
-    if model.ms_distill_head is not None:
-        sim = cross_view_cosine(_per_view(model.ms_distill_head, s_glob), list(opt.cls.chunk(T)))
-        total, parts["distill_ms_cls_cos"] = total - l.distill_ms_cls * sim, sim.detach()
-    if model.spectral_head is not None:
-        mse = spectral_recon_loss(model.spectral_head, s_last, global_crops, model.spectral_with_std)
-        total, parts["spectral_recon_mse"] = total + l.spectral_recon * mse, mse.detach()
-    if anchor is not None:
-        cos = torch.stack([F.cosine_similarity(s.float(), a.float(), dim=-1).mean() for s, a in zip(s_glob, anchor)]).mean()
-        total, parts["rgb_anchor_cos"] = total + l.rgb_anchor * (1 - cos), cos.detach()
-    return total
-
+# %% ../../nbs/40_train.meta.ipynb #d3e0b1f7
 def _ms_objective(model: DEOModel, student_ms, teacher_ms, teacher_temp):
     "MS self-distillation: SimDINO (cosine + coding rate) or DINO (prototypes + centring)."
-    l, T = model.cfg.loss, len(teacher_ms)
+    l = model.cfg.loss
     if l.objective == "simdino":
-        loss, parts = simdino_loss(student_ms, teacher_ms, coeff=l.coeff, eps=l.eps, reduce_cov=l.reduce_cov)
+        s = l.simdino
+        loss, parts = simdino_loss(student_ms, teacher_ms, coeff=s.coeff, eps=s.eps, reduce_cov=s.reduce_cov)
         return loss, {"ms_compression": parts["compression"], "ms_expansion": parts["expansion"]}
     loss = model.dino_loss(torch.stack(student_ms), torch.stack(teacher_ms), teacher_temp)
     with torch.no_grad():
@@ -182,40 +172,70 @@ def _ms_objective(model: DEOModel, student_ms, teacher_ms, teacher_temp):
         ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
     return loss, {"teacher_entropy": ent, "center_norm": model.dino_loss.center.norm()}
 
+def deo_objective(model: DEOModel, zero: torch.Tensor, # a 0-d zero on the step's device
+                  ms_student: list | None, # MS head on the student's MS path, S views `B p` (None: term off)
+                  ms_teacher: list | None, # the EMA teacher on the T global views, `B p` each
+                  rgb_student: dict,       # {'cls': S views, 'last'/'mid': T maps} through the distill heads in use
+                  optical: dict | None,    # the optical teacher's {'cls', 'last', 'mid'} per global view
+                  teacher_temp: float      # DINO τ_t for this step
+                 ) -> tuple[torch.Tensor, dict]:
+    "L = w·L_MS(student, EMA teacher) + α_cls·L_cls + α_last·L_last + α_mid·L_mid (student RGB path, optical teacher)."
+    w, total, parts = model.cfg.loss.ext.self_distill, zero, {}
+    if w:
+        L_ms, parts = _ms_objective(model, ms_student, ms_teacher, teacher_temp)
+        total, parts = w * L_ms, {"ms": L_ms.detach(), **parts}
+        with torch.no_grad(): parts["embed_std"] = F.normalize(torch.cat(ms_student).float(), dim=-1).std(0).mean()
+    if rgb_student:
+        L_opt, sims = distill_loss(rgb_student.get("cls"), optical["cls"], rgb_student.get("last"), optical["last"],
+                                   rgb_student.get("mid"), optical["mid"], model.weights)
+        total = total + L_opt
+        parts.update({"distill": L_opt.detach(), **{f"distill_{k}_cos": v for k, v in sims.items()}})
+    return total, parts
+
 # %% ../../nbs/40_train.meta.ipynb #f156d0da
+@torch.no_grad()
+def _rgb_anchor(model: DEOModel, global_crops: list[torch.Tensor]) -> list[torch.Tensor]:
+    "The RGB path's global vectors of the global views, without gradient (when no optical term runs that path)."
+    return run_student(model.student, [c[:, model.rgb_idx] for c in global_crops], "rgb", 0, model.batch_crops)[0]
+
+def _rgb_path(model: DEOModel, crops: list[torch.Tensor], T: int, p: StepPlan) -> tuple[dict, list]:
+    ("The RGB path on every view through the distill heads that are on, and its global vectors of the global views, "
+     "held.")
+    heads = model.distill_heads
+    rgb = [c[:, model.rgb_idx] for c in crops]
+    r_glob, r_mid, r_last = run_student(model.student, rgb, "rgb", T if p.rgb_patches else 0, model.batch_crops)
+    maps = (("cls", r_glob), ("last", r_last), ("mid", r_mid))
+    rgb_student = {k: _per_view(heads[k], xs) for k, xs in maps if k in heads}
+    return rgb_student, [g.detach() for g in r_glob[:T]]
+
 def deo_step_losses(model: DEOModel, crops: list[torch.Tensor], # V views `B C s s`, normalised, global first
                     teacher_rgb: list[torch.Tensor], # T global views `B 3 S S` in [0, 1]
                     teacher_temp: float | None = None, # DINO τ_t for this step
                     timer=None # optional `StepTimer` (pieces: ema_teacher, optical_teacher, student, losses)
                    ) -> tuple[torch.Tensor, dict]:
-    "Total loss and its terms (detached scalars) for one batch of crops."
-    T, tm, h, sd = len(teacher_rgb), timer or _no_timer, model.distill_heads, model.cfg.loss.self_distill
+    "Total loss and its terms (detached scalars) for one batch: `deo_objective` plus the extensions that are on."
+    T, tm, p = len(teacher_rgb), timer or _no_timer, step_plan(model)
     with torch.no_grad():
-        with tm("ema_teacher"): t_ms = model.ema(torch.cat(crops[:T])).chunk(T) if sd else None  # T × B p
-        with tm("optical_teacher"): opt = model.teacher(_teacher_rgb(model, teacher_rgb)) if h or model.ms_distill_head is not None else None
+        with tm("ema_teacher"):
+            t_ms = list(model.ema(torch.cat(crops[:T])).chunk(T)) if p.self_distill else None  # T × B p
+        with tm("optical_teacher"): opt = model.teacher(_teacher_rgb(model, teacher_rgb)) if p.optical else None
     with tm("student"):
-        recon = T if model.spectral_head is not None else 0  # patch maps of the global crops, for the read-out
-        ms_views = crops if sd or model.ms_distill_head is not None else crops[:T]  # only these two MS terms read the local crops
-        s_glob, _, s_last = run_student(model.student, ms_views, "ms", recon, batch=model.batch_crops)
-        s_ms = _per_view(model.ms_head, s_glob) if sd else None
-        anchor = _rgb_anchor(model, crops[:T]) if model.cfg.loss.rgb_anchor and not h else None
-        if h:  # the RGB path runs only for the optical terms; patch maps only of the global crops
-            need = T if ("last" in h or "mid" in h) else 0
-            r_glob, r_mid, r_last = run_student(model.student, [c[:, model.rgb_idx] for c in crops], "rgb", need, model.batch_crops)
-            d_in = tuple(_per_view(h[k], xs) if k in h else None for k, xs in (("cls", r_glob), ("last", r_last), ("mid", r_mid)))
-            if model.cfg.loss.rgb_anchor: anchor = [g.detach() for g in r_glob[:T]]  # the same vectors, without a second pass
+        ms_views = crops if p.ms_all_views else crops[:T]
+        s_glob, _, s_last = run_student(model.student, ms_views, "ms", T if p.ms_patches else 0,
+                                        batch=model.batch_crops)
+        s_ms = _per_view(model.ms_head, s_glob) if p.self_distill else None
+        rgb_global = _rgb_anchor(model, crops[:T]) if p.rgb_global and not model.distill_heads else None
+        rgb_student = {}
+        if model.distill_heads:
+            rgb_student, held = _rgb_path(model, crops, T, p)
+            rgb_global = held if p.rgb_global else None
     with tm("losses"):
-        total, parts = s_glob[0].new_zeros(()), {}
-        if sd:
-            ms_loss, parts = _ms_objective(model, s_ms, list(t_ms), teacher_temp or model.cfg.loss.teacher_temp)
-            total, parts = sd * ms_loss, {"ms": ms_loss.detach(), **parts}
-            with torch.no_grad(): parts["embed_std"] = F.normalize(torch.cat(s_ms).float(), dim=-1).std(0).mean()
-        if h:
-            d_loss, sims = distill_loss(d_in[0], list(opt.cls.chunk(T)), d_in[1], list(opt.last.chunk(T)),
-                                        d_in[2], list(opt.mid.chunk(T)), model.weights)
-            total = total + d_loss
-            parts.update({"distill": d_loss.detach(), **{f"distill_{k}_cos": v for k, v in sims.items()}})
-        total = _extension_terms(model, total, parts, s_glob, s_last, crops[:T], opt, anchor)
+        optical = {k: list(getattr(opt, k).chunk(T)) for k in ("cls", "last", "mid")} if rgb_student else None
+        total, parts = deo_objective(model, s_glob[0].new_zeros(()), s_ms, t_ms, rgb_student, optical,
+                                     teacher_temp or model.cfg.loss.dino.teacher_temp)
+        out = StepOutputs(crops[:T], s_glob, s_last, list(opt.cls.chunk(T)) if opt is not None else None, rgb_global)
+        heads = {k: getattr(model, e.head) for k, e in p.extensions.items() if e.head}
+        total = add_extensions(total, parts, heads, out, model.cfg.loss.ext)
         parts["total"] = total.detach()
     return total, parts
 

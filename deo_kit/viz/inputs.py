@@ -10,9 +10,11 @@ import numpy as np
 import torch
 import xarray as xr
 from ..data.bands import get_band_set
+from ..data.datasets import resolve_data_name
 from ..data.io import band_files, open_scene, raster_shape, tile_windows
-from ..data.stats import get_stats
 from ..eval.encoders import Encoder, StudentEncoder, TeacherEncoder, dataset_bands, load_encoder
+from ..data.datasets import ClassFolderDataset
+from ..data.norm import Normalisation
 
 # %% auto #0
 __all__ = ['InspectorError', 'as_encoders', 'run_specs', 'ImageItem', 'as_images']
@@ -21,16 +23,19 @@ __all__ = ['InspectorError', 'as_encoders', 'run_specs', 'ImageItem', 'as_images
 class InspectorError(ValueError):
     "A fault in what the inspector was given; the message names it."
 
-def _student_encoders(student, bands, stats="s2-l1c", rgb_scale=None, prefix="student") -> dict:
+def _student_encoders(student, bands, stats="s2-l1c", # a statistics set, or the model's `Normalisation`
+                      rgb_scale=None, prefix="student") -> dict:
     "MS (and RGB, when it has an RGB stem) encoders of a dual-stem student."
     bs = get_band_set(bands)
-    if len(bs) != student.in_chans: raise InspectorError(f"{prefix}: the student reads {student.in_chans} bands but bands={list(bs.bands)}")
-    mean, std = get_stats(stats).select(bs.bands)
-    out = {f"{prefix}:ms": StudentEncoder(student, bs.bands, mean, std, rgb_scale, "ms", f"{prefix}:ms", bs.sensor)}
+    if len(bs) != student.in_chans:
+        raise InspectorError(f"{prefix}: the student reads {student.in_chans} bands but bands={list(bs.bands)}")
+    norm = stats if isinstance(stats, Normalisation) else Normalisation.from_names(bs, stats, rgb_scale)
+    out = {f"{prefix}:ms": StudentEncoder(student, norm, "ms", f"{prefix}:ms", bs.sensor)}
     if getattr(student, "rgb_stem", None) is not None:
-        out[f"{prefix}:rgb"] = StudentEncoder(student, bs.bands, mean, std, rgb_scale, "rgb", f"{prefix}:rgb", bs.sensor)
+        out[f"{prefix}:rgb"] = StudentEncoder(student, norm, "rgb", f"{prefix}:rgb", bs.sensor)
     return out
 
+# %% ../../nbs/60a_viz.inputs.ipynb #65b3a96a
 def _model_encoders(obj, name=None, bands=None, teacher_path=None, device="cpu") -> dict:
     "Named encoders for one spec string or loaded model."
     if isinstance(obj, Encoder): return {name or obj.name: obj}
@@ -39,10 +44,9 @@ def _model_encoders(obj, name=None, bands=None, teacher_path=None, device="cpu")
         except (FileNotFoundError, ValueError, KeyError) as e: raise InspectorError(f"encoder {str(obj)!r}: {e}") from e
         return {name or str(obj): enc}
     if hasattr(obj, "student") and hasattr(obj, "ema") and hasattr(obj, "teacher"):  # DEOModel
-        c, p = obj.cfg, f"{name}/" if name else ""
-        out = {f"{p}{k}": v for k, v in _student_encoders(obj.student, obj.bands, c.data.stats, c.crops.rgb_scale).items()}
-        mean, std = get_stats(c.data.stats).select(obj.bands.bands)
-        out[f"{p}ema-teacher"] = StudentEncoder(obj.ema.backbone, obj.bands.bands, mean, std, c.crops.rgb_scale, "ms", f"{p}ema-teacher", obj.bands.sensor)
+        p = f"{name}/" if name else ""
+        out = {f"{p}{k}": v for k, v in _student_encoders(obj.student, obj.bands, obj.norm).items()}
+        out[f"{p}ema-teacher"] = StudentEncoder(obj.ema.backbone, obj.norm, "ms", f"{p}ema-teacher", obj.bands.sensor)
         out[f"{p}teacher"] = TeacherEncoder(obj.teacher, f"{p}teacher", obj.bands.sensor)
         return out
     if hasattr(obj, "arch") and hasattr(obj, "layers") and hasattr(obj, "patch_size"):  # OpticalTeacher
@@ -51,13 +55,15 @@ def _model_encoders(obj, name=None, bands=None, teacher_path=None, device="cpu")
         if bands is None: bands = {10: "s2-10-deo", 13: "s2-13"}.get(obj.in_chans)
         if bands is None: raise InspectorError(f"a {obj.in_chans}-band student needs bands= to name its channels")
         return _student_encoders(obj, bands, prefix=name or "student")
-    raise InspectorError(f"cannot inspect a {type(obj).__name__}: give an encoder spec string, an Encoder, an OpticalTeacher, a DEOModel or a dual-stem student")
+    raise InspectorError(f"cannot inspect a {type(obj).__name__}: give an encoder spec string, an Encoder, an "
+                         "OpticalTeacher, a DEOModel or a dual-stem student")
 
 def as_encoders(encoders, # one spec/model, a list of them, or a {name: spec/model} dict
                 bands=None, # band names of bare students' channels
                 teacher_path=None, device="cpu") -> dict[str, Encoder]:
     "Named `Encoder`s from spec strings and loaded models (a DEOModel expands to its four views)."
-    items = list(encoders.items()) if isinstance(encoders, dict) else [(None, e) for e in (encoders if isinstance(encoders, (list, tuple)) else [encoders])]
+    items = list(encoders.items()) if isinstance(encoders, dict) else [(None,
+        e) for e in (encoders if isinstance(encoders, (list, tuple)) else [encoders])]
     out = {}
     for name, obj in items:
         for k, v in _model_encoders(obj, name, bands, teacher_path, device).items():
@@ -67,6 +73,7 @@ def as_encoders(encoders, # one spec/model, a list of them, or a {name: spec/mod
     if not out: raise InspectorError("no encoders given")
     return out
 
+# %% ../../nbs/60a_viz.inputs.ipynb #67f35707
 def run_specs(run_dir, # a folder written by `deo pretrain`
               teacher: bool = True) -> list[str]:
     "The encoder specs of a run: student MS path, student RGB path, MS EMA teacher (and the optical teacher)."
@@ -82,38 +89,45 @@ def _named_array(x, bands, label) -> xr.DataArray:
     if bands is None: raise InspectorError(f"{label}: an array has no band names; pass bands= (e.g. bands='s2-13')")
     names = get_band_set(bands).bands
     if arr.ndim != 3 or arr.shape[0] != len(names):
-        raise InspectorError(f"{label}: expected C×H×W with C = {len(names)} bands {list(names)}, got shape {arr.shape}")
+        raise InspectorError(f"{label}: expected C×H×W with C = {len(names)} bands {list(names)}, got shape "
+                             f"{arr.shape}")
     return xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": list(names)}, attrs={"source": label})
 
 def _tiles(label, hw, reader, tile):
     "Items for the tiles of a large scene, or one item for a small one."
     H, W = hw
     if tile is None or (H <= 2 * tile and W <= 2 * tile): return [ImageItem(label, lambda: reader(None))]
-    return [ImageItem(f"{label} [{r}:{r + h}, {c}:{c + w}]", lambda win=(r, c, h, w): reader(win)) for r, c, h, w in tile_windows(H, W, tile)]
+    return [ImageItem(f"{label} [{r}:{r + h}, {c}:{c + w}]", lambda win=(r, c, h,
+        w): reader(win)) for r, c, h, w in tile_windows(H, W, tile)]
 
+
+# %% ../../nbs/60a_viz.inputs.ipynb #aa845cb2
 def _source_items(src, bands, layout, tile, window) -> list[ImageItem]:
     if isinstance(src, xr.DataArray):
         label = Path(str(src.attrs.get("source", "array"))).name or "array"
-        rd = lambda win, a=src: a if win is None else a.isel(y=slice(win[0], win[0] + win[2]), x=slice(win[1], win[1] + win[3]))
+        rd = lambda win, a=src: a if win is None else a.isel(y=slice(win[0], win[0] + win[2]), x=slice(win[1],
+                                                                                                       win[1] + win[3]))
         return [ImageItem(label, lambda: rd(window))] if window else _tiles(label, src.shape[-2:], rd, tile)
     if isinstance(src, (str, Path)):
-        p = Path(src)
+        p = Path(resolve_data_name(src))  # a packaged data name (eurosat-sample) or a path
         if not p.exists(): raise InspectorError(f"{p}: no such image file or folder")
         if p.is_dir():
             try: band_files(p)
             except ValueError:  # not a per-band scene: a class-folder dataset
-                from deo_kit.data.datasets import ClassFolderDataset
                 return _source_items(ClassFolderDataset(p, layout=layout or "eurosat-ms"), bands, layout, tile, window)
         rd = lambda win: open_scene(p, layout=layout, window=win)
         return [ImageItem(p.name, lambda: rd(window))] if window else _tiles(p.name, raster_shape(p), rd, tile)
     if torch.is_tensor(src) or isinstance(src, np.ndarray):
-        if src.ndim == 4: return [ImageItem(f"array[{i}]", lambda x=x, i=i: _named_array(x, bands, f"array[{i}]")) for i, x in enumerate(src)]
+        if src.ndim == 4:
+            return [ImageItem(f"array[{i}]", lambda x=x, i=i: _named_array(x, bands,
+                                                                           f"array[{i}]")) for i, x in enumerate(src)]
         return [ImageItem("array", lambda: _named_array(src, bands, "array"))]
     if hasattr(src, "__len__") and hasattr(src, "__getitem__"):  # a dataset
         if len(src) == 0: raise InspectorError(f"the dataset {type(src).__name__} is empty: nothing to inspect")
         classes, labels = getattr(src, "classes", None), getattr(src, "labels", None)
         def lab(i):
-            if classes is not None and labels is not None and isinstance(labels[i], (int, np.integer)): return f"#{i} {classes[labels[i]]}"
+            if classes is not None and labels is not None and isinstance(labels[i], (int, np.integer)):
+                return f"#{i} {classes[labels[i]]}"
             return f"#{i}"
         if hasattr(src, "read"): return [ImageItem(lab(i), lambda i=i: src.read(i)) for i in range(len(src))]
         names = bands or dataset_bands(src)
@@ -127,7 +141,8 @@ def as_images(images, # one source or a list of sources
               window=None # (row, col, height, width): read only this window of a scene
              ) -> list[ImageItem]:
     "Image items from paths, arrays, DataArrays, datasets, or a list of them."
-    one = isinstance(images, (str, Path, xr.DataArray, np.ndarray)) or torch.is_tensor(images) or hasattr(images, "read") or not isinstance(images, (list, tuple))
+    one = isinstance(images, (str, Path, xr.DataArray, np.ndarray)) or torch.is_tensor(images) or hasattr(images,
+        "read") or not isinstance(images, (list, tuple))
     items = [it for s in ([images] if one else images) for it in _source_items(s, bands, layout, tile, window)]
     if not items: raise InspectorError("no images given (an empty list)")
     return items

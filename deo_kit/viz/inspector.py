@@ -11,14 +11,22 @@ import torch
 import xarray as xr
 from ..eval.encoders import Encoder, StudentEncoder, TeacherEncoder, resize, rgb_unit
 from .inputs import InspectorError, as_encoders, as_images
+from .notebook import load_notebook_extension  # noqa: F401  (also deo_kit.viz.inspector's)
 from .maps import (band_composites, cls_attention, composite_bands, cosine_similarity_maps, feature_norms,
                               has_cls_attention, locate_patch, patch_vector, pca_rgb)
 
 # %% auto #0
-__all__ = ['ROWS', 'FeatureMapInspector', 'encoder_attention', 'update', 'select_patch', 'view', 'save_png', 'save_html']
+__all__ = ['ROWS', 'CMAPS', 'short_name', 'encoder_attention', 'FeatureMapInspector']
 
-# %% ../../nbs/61_viz.inspector.ipynb #da0a96a8
+# %% ../../nbs/61_viz.inspector.ipynb #a8e66156
 ROWS = ("input", "pca", "similarity", "norms", "attention")
+CMAPS = {"similarity": "magma", "norms": "cividis", "attention": "viridis"}
+
+# %% ../../nbs/61_viz.inspector.ipynb #91796495
+def short_name(name: str, width: int = 22) -> str:
+    "A short label for an encoder spec: paths inside it reduced to their last part, cut to `width` characters."
+    s = ":".join(Path(p).name if "/" in p else p for p in str(name).split(":"))
+    return s if len(s) <= width else s[:width - 1] + "…"
 
 def _fill_nan(a: np.ndarray) -> np.ndarray:
     "Nodata (NaN) → the band's mean, so a model sees no NaN."
@@ -31,28 +39,9 @@ def _eff_size(enc: Encoder, size, hw) -> int:
     s = size or enc.default_size or max(hw)
     return max(enc.patch_size, int(round(s / enc.patch_size)) * enc.patch_size)
 
-class FeatureMapInspector:
-    "Feature maps of several encoders on several images: composites, joint PCA, similarity to one patch."
-    def __init__(self, encoders, # spec strings / loaded models (see `as_encoders`)
-                 images, # paths / arrays / DataArrays / a dataset (see `as_images`)
-                 *, bands=None, # band names for arrays, datasets and bare students
-                 layout=None, # band order inside multi-band files
-                 index: int = 0, # first image shown
-                 count: int = 4, # images shown at once
-                 composite="true", stage: str = "last", # 'mid' or 'last'
-                 size: int | None = None, # model input edge (default: each encoder's own)
-                 rows=("input", "pca", "similarity"), # any of ROWS, in order
-                 tile: int | None = 224, window=None, teacher_path=None, device="cpu"):
-        self.encoders = as_encoders(encoders, bands, teacher_path, device)
-        self.items = as_images(images, bands, layout, tile, window)
-        bad = [r for r in rows if r not in ROWS]
-        if bad: raise InspectorError(f"unknown row(s) {bad}; choose from {ROWS}")
-        self.rows, self.size, self.error, self._cache, self._images = tuple(rows), size, None, {}, {}
-        self._state = dict(index=index, count=max(1, min(count, len(self.items))), composite=composite, models=tuple(self.encoders),
-                           stage=stage, whiten=False, foreground=None, invert_foreground=False, selected_patch=None)
-        self._ui = None
-        self.update()
-
+# %% ../../nbs/61_viz.inspector.ipynb #804f759a
+class _InspectorState:
+    "The choices, their checks and the computations behind every view (no widgets, no plotting)."
     def __getattr__(self, k):  # the choices read as plain attributes
         st = self.__dict__.get("_state", {})
         if k in st: return st[k]
@@ -66,40 +55,137 @@ class FeatureMapInspector:
         if i not in self._images: self._images[i] = self.items[i].read()
         return self._images[i]
 
-# %% ../../nbs/61_viz.inspector.ipynb #eb1c437a
-def _check(self: FeatureMapInspector, st: dict):
-    "Raise InspectorError for a state that cannot be shown, naming the fault."
-    if not 0 <= st["index"] < len(self.items): raise InspectorError(f"image index {st['index']} out of range: {len(self.items)} images")
-    if st["stage"] not in ("mid", "last"): raise InspectorError(f"stage must be 'mid' or 'last', got {st['stage']!r}")
-    unknown = [m for m in st["models"] if m not in self.encoders]
-    if unknown or not st["models"]: raise InspectorError(f"unknown or no model(s) {unknown}; available: {list(self.encoders)}")
-    try: want = composite_bands(st["composite"])
-    except ValueError as e: raise InspectorError(str(e)) from None
-    for i in range(st["index"], min(st["index"] + st["count"], len(self.items))):
-        try: da = self.image(i)
-        except Exception as e: raise InspectorError(f"image {self.items[i].label}: {e}") from e
-        have, (H, W) = [str(b) for b in da.band.values], da.shape[-2:]
-        miss = [b for b in want if b not in have]
-        if miss: raise InspectorError(f"composite {st['composite']!r} needs band(s) {miss}, but image {self.items[i].label} only has {have}")
-        for m in st["models"]:
-            enc = self.encoders[m]
-            miss = [b for b in enc.bands if b not in have]
-            if miss: raise InspectorError(f"model {m!r} reads band(s) {miss} that image {self.items[i].label} lacks (it has {have})")
-            if min(H, W) < enc.patch_size:
-                raise InspectorError(f"image {self.items[i].label} is {H}×{W} px, smaller than one {enc.patch_size}-px patch of model {m!r}")
-FeatureMapInspector._check = _check
+    def update(self, **changes):
+        """Change any of index, count, composite, models, stage, whiten, foreground, invert_foreground, selected_patch.
+        A bad value raises `InspectorError` (naming the fault) and keeps the previous state."""
+        unknown = [k for k in changes if k not in self._state]
+        if unknown: raise InspectorError(f"unknown setting(s) {unknown}; settings: {list(self._state)}")
+        st = {**self._state, **changes}
+        st["models"] = (st["models"],) if isinstance(st["models"], str) else tuple(st["models"])
+        st["count"] = max(1, int(st["count"]))
+        try:
+            self._check(st)
+            idx, comps, q, maps = self._compute(st)
+        except InspectorError as e:
+            self.error = str(e); self._show_error()
+            raise
+        st["selected_patch"] = q
+        self._state, self.composites, self.maps, self.error = st, comps, maps, None
+        self._redraw_views()  # every live view with the same panel layout redraws in place
+        self._sync_ui()
+        return self
 
-def _features(self: FeatureMapInspector, m: str, idx: list[int], stage: str) -> list[torch.Tensor]:
-    "D×h×w maps of model m for images idx (cached; one batch per image shape)."
-    enc, todo = self.encoders[m], [i for i in idx if (m, i, stage, self.size) not in self._cache]
-    groups = {}
-    for i in todo: groups.setdefault(tuple(self.image(i).shape[-2:]), []).append(i)
-    for hw, ii in groups.items():
-        x = torch.from_numpy(np.stack([_fill_nan(self.image(i).sel(band=list(enc.bands)).values) for i in ii]))
-        out = enc.features(x, stage, _eff_size(enc, self.size, hw))
-        for i, f in zip(ii, out): self._cache[(m, i, stage, self.size)] = f
-    return [self._cache[(m, i, stage, self.size)] for i in idx]
-FeatureMapInspector._features = _features
+    def select_patch(self, image: int, # item index (one of `shown`)
+                     y: float, x: float # pixel position in that image (row, column)
+                    ):
+        "Choose the query patch by pixel position; every model's similarity map follows."
+        if image not in self.shown: raise InspectorError(f"image {image} is not shown (shown: {self.shown})")
+        H, W = self.image(image).shape[-2:]
+        if not (0 <= y < H and 0 <= x < W):
+            raise InspectorError(f"pixel ({y:g}, {x:g}) is outside image {image} ({H}×{W} px)")
+        return self.update(selected_patch=(image, int(y), int(x)))
+
+    def add_encoders(self, encoders, # spec string(s) or loaded model(s), as for the constructor
+                     bands=None, teacher_path=None):
+        "Load more encoders and show them too; one that fails to load raises `InspectorError` (the widget shows it)."
+        try: new = as_encoders(encoders, bands, teacher_path or self._teacher_path, self._device)
+        except Exception as e:
+            self.error = str(e) if isinstance(e, InspectorError) else f"encoder {encoders!r}: {type(e).__name__}: {e}"
+            self._show_error()
+            raise InspectorError(self.error) from e
+        names = []
+        for k, v in new.items():
+            key, n = k, 2
+            while key in self.encoders: key, n = f"{k}#{n}", n + 1
+            self.encoders[key] = v; names.append(key)
+        return self.update(models=tuple(self.models) + tuple(names))
+
+    def _check(self, st: dict):
+        "Raise InspectorError for a state that cannot be shown, naming the fault."
+        if not 0 <= st["index"] < len(self.items):
+            raise InspectorError(f"image index {st['index']} out of range: {len(self.items)} images")
+        if st["stage"] not in ("mid", "last"):
+            raise InspectorError(f"stage must be 'mid' or 'last', got {st['stage']!r}")
+        unknown = [m for m in st["models"] if m not in self.encoders]
+        if unknown or not st["models"]:
+            raise InspectorError(f"unknown or no model(s) {unknown}; available: {list(self.encoders)}")
+        try: want = composite_bands(st["composite"])
+        except ValueError as e: raise InspectorError(str(e)) from None
+        for i in range(st["index"], min(st["index"] + st["count"], len(self.items))):
+            try: da = self.image(i)
+            except Exception as e: raise InspectorError(f"image {self.items[i].label}: {e}") from e
+            have, (H, W) = [str(b) for b in da.band.values], da.shape[-2:]
+            miss = [b for b in want if b not in have]
+            if miss:
+                raise InspectorError(f"composite {st['composite']!r} needs band(s) {miss}, but image "
+                                     f"{self.items[i].label} only has {have}")
+            for m in st["models"]:
+                enc = self.encoders[m]
+                miss = [b for b in enc.bands if b not in have]
+                if miss:
+                    raise InspectorError(f"model {m!r} reads band(s) {miss} that image {self.items[i].label} lacks (it "
+                                         f"has {have})")
+                if min(H, W) < enc.patch_size:
+                    raise InspectorError(f"image {self.items[i].label} is {H}×{W} px, smaller than one "
+                                         f"{enc.patch_size}-px patch of model {m!r}")
+
+    def _batches(self, m: str, idx: list[int], key: str):
+        "Images of idx not cached under (m, i, key, size), grouped by shape: [(indices, B×C×H×W raw DN)]."
+        enc, todo = self.encoders[m], [i for i in idx if (m, i, key, self.size) not in self._cache]
+        groups = {}
+        for i in todo: groups.setdefault(tuple(self.image(i).shape[-2:]), []).append(i)
+        return [(ii,
+                 torch.from_numpy(np.stack([_fill_nan(self.image(i).sel(band=list(enc.bands)).values) for i in ii])))
+                for ii in groups.values()]
+
+    def _features(self, m: str, idx: list[int], stage: str) -> list[torch.Tensor]:
+        "D×h×w maps of model m for images idx (cached; one batch per image shape)."
+        enc = self.encoders[m]
+        for ii, x in self._batches(m, idx, stage):
+            for i, f in zip(ii, enc.features(x, stage, _eff_size(enc, self.size, x.shape[-2:]))):
+                self._cache[(m, i, stage, self.size)] = f
+        return [self._cache[(m, i, stage, self.size)] for i in idx]
+
+    def _attention(self, m: str, idx: list[int]) -> list:
+        "Class-token attention maps of model m (cached; None per image when it has no class token)."
+        for ii, x in self._batches(m, idx, "attention"):
+            a = encoder_attention(self.encoders[m], x, self.size)
+            for k, i in enumerate(ii): self._cache[(m, i, "attention", self.size)] = None if a is None else a[k].numpy()
+        return [self._cache[(m, i, "attention", self.size)] for i in idx]
+
+    def _compute(self, st: dict):
+        "Composites and per-model maps for the state `st`."
+        idx = list(range(st["index"], min(st["index"] + st["count"], len(self.items))))
+        imgs = [self.image(i) for i in idx]
+        comps = band_composites(imgs, st["composite"])
+        q = st["selected_patch"]
+        if q is None or q[0] not in idx:
+            q = (idx[0], imgs[0].shape[-2] // 2, imgs[0].shape[-1] // 2)  # centre of the first image
+        H, W = self.image(q[0]).shape[-2:]
+        q = (q[0], min(max(int(q[1]), 0), H - 1), min(max(int(q[2]), 0), W - 1))
+        maps = {m: self._model_maps(m, idx, st, q) for m in st["models"]}
+        return idx, comps, q, maps
+
+    def _model_maps(self, m: str, idx: list[int], st: dict, q) -> dict:
+        "The maps of one model for the rows shown."
+        feats = self._features(m, idx, st["stage"])
+        grid = [tuple(f.shape[-2:]) for f in feats]
+        j = idx.index(q[0])
+        rc = locate_patch(q[1], q[2], tuple(self.image(q[0]).shape[-2:]), grid[j])
+        d = {"features": feats, "grid": grid, "query": rc}
+        if "pca" in self.rows:
+            try:
+                d["pca"] = pca_rgb(feats, whiten=st["whiten"], foreground=st["foreground"],
+                                   invert_foreground=st["invert_foreground"]).rgb
+            except ValueError as e: raise InspectorError(f"model {m!r}: {e}") from None
+        if "similarity" in self.rows: d["similarity"] = cosine_similarity_maps(feats, patch_vector(feats, j, *rc))
+        if "norms" in self.rows: d["norms"] = feature_norms(feats)
+        if "attention" in self.rows: d["attention"] = self._attention(m, idx)
+        return d
+
+    def _show_error(self): pass  # the widget part shows it
+    def _sync_ui(self): pass
+    def _redraw_views(self): pass  # the view part redraws
 
 # %% ../../nbs/61_viz.inspector.ipynb #b806ff17
 def encoder_attention(enc: Encoder, x: torch.Tensor, size: int | None = None) -> torch.Tensor | None:
@@ -114,243 +200,252 @@ def encoder_attention(enc: Encoder, x: torch.Tensor, size: int | None = None) ->
         return cls_attention(enc.model, enc.normalise(x), path="ms").mean(1)
     return None
 
-# %% ../../nbs/61_viz.inspector.ipynb #3db8ae96
-def _compute(self: FeatureMapInspector, st: dict):
-    "Composites and per-model maps for the state `st`."
-    idx = list(range(st["index"], min(st["index"] + st["count"], len(self.items))))
-    imgs = [self.image(i) for i in idx]
-    comps = band_composites(imgs, st["composite"])
-    q = st["selected_patch"]
-    if q is None or q[0] not in idx: q = (idx[0], imgs[0].shape[-2] // 2, imgs[0].shape[-1] // 2)  # centre of the first image
-    qi, qy, qx = q
-    H, W = self.image(qi).shape[-2:]
-    q = (qi, min(max(int(qy), 0), H - 1), min(max(int(qx), 0), W - 1))
-    maps = {}
-    for m in st["models"]:
-        feats = self._features(m, idx, st["stage"])
-        grid = [tuple(f.shape[-2:]) for f in feats]
-        j = idx.index(q[0])
-        rc = locate_patch(q[1], q[2], (H, W), grid[j])
-        d = {"features": feats, "grid": grid, "query": rc}
-        if "pca" in self.rows:
-            try: d["pca"] = pca_rgb(feats, whiten=st["whiten"], foreground=st["foreground"], invert_foreground=st["invert_foreground"]).rgb
-            except ValueError as e: raise InspectorError(f"model {m!r}: {e}") from None
-        if "similarity" in self.rows: d["similarity"] = cosine_similarity_maps(feats, patch_vector(feats, j, *rc))
-        if "norms" in self.rows: d["norms"] = feature_norms(feats)
-        if "attention" in self.rows:
-            d["attention"] = self._attention(m, idx)
-        maps[m] = d
-    return idx, comps, q, maps
-FeatureMapInspector._compute = _compute
-
-def _attention(self: FeatureMapInspector, m: str, idx: list[int]) -> list:
-    "Class-token attention maps of model m (cached; None per image when it has no class token)."
-    enc, todo = self.encoders[m], [i for i in idx if (m, i, "attention", self.size) not in self._cache]
-    groups = {}
-    for i in todo: groups.setdefault(tuple(self.image(i).shape[-2:]), []).append(i)
-    for hw, ii in groups.items():
-        x = torch.from_numpy(np.stack([_fill_nan(self.image(i).sel(band=list(enc.bands)).values) for i in ii]))
-        a = encoder_attention(enc, x, self.size)
-        for k, i in enumerate(ii): self._cache[(m, i, "attention", self.size)] = None if a is None else a[k].numpy()
-    return [self._cache[(m, i, "attention", self.size)] for i in idx]
-FeatureMapInspector._attention = _attention
-
-def update(self: FeatureMapInspector, **changes):
-    """Change any of index, count, composite, models, stage, whiten, foreground, invert_foreground, selected_patch.
-    A bad value raises `InspectorError` (naming the fault) and keeps the previous state."""
-    unknown = [k for k in changes if k not in self._state]
-    if unknown: raise InspectorError(f"unknown setting(s) {unknown}; settings: {list(self._state)}")
-    st = {**self._state, **changes}
-    st["models"] = (st["models"],) if isinstance(st["models"], str) else tuple(st["models"])
-    st["count"] = max(1, int(st["count"]))
-    try:
-        self._check(st)
-        idx, comps, q, maps = self._compute(st)
-    except InspectorError as e:
-        self.error = str(e); self._show_error()
-        raise
-    st["selected_patch"] = q
-    self._state, self.composites, self.maps, self.error = st, comps, maps, None
-    self._sync_ui()
-    return self
-FeatureMapInspector.update = update
-
-def select_patch(self: FeatureMapInspector, image: int, # item index (one of `shown`)
-                 y: float, x: float # pixel position in that image
-                ):
-    "Choose the query patch by pixel position; every model's similarity map follows."
-    if image not in self.shown: raise InspectorError(f"image {image} is not shown (shown: {self.shown})")
-    H, W = self.image(image).shape[-2:]
-    if not (0 <= y < H and 0 <= x < W): raise InspectorError(f"pixel ({y}, {x}) is outside image {image} ({H}×{W})")
-    return self.update(selected_patch=(image, int(y), int(x)))
-FeatureMapInspector.select_patch = select_patch
-
-def _noop(self, *a, **k): pass
-FeatureMapInspector._show_error = FeatureMapInspector._sync_ui = _noop  # replaced below once the widget exists
-
-# %% ../../nbs/61_viz.inspector.ipynb #04d26d76
-_CONTROLS = ("index", "count", "composite", "models", "stage", "whiten", "foreground", "invert_foreground", "patch_image", "patch_y", "patch_x")
-
-def _build_ui(self: FeatureMapInspector):
-    "ipywidgets controls, a message line and an output area for the view."
-    import ipywidgets as W
-    n, names = len(self.items), list(self.encoders)
-    c = dict(index=W.BoundedIntText(self.index, min=0, max=n - 1, description="image"),
-             count=W.IntSlider(self.count, min=1, max=min(8, n), description="shown"),
-             composite=W.Combobox(value=str(self.composite), options=["true", "false", "swir"], description="composite",
-                                  placeholder="true / false / swir / B11,B08,B04", ensure_option=False, continuous_update=False),
-             models=W.SelectMultiple(options=names, value=tuple(self.models), description="models", rows=min(4, len(names))),
-             stage=W.ToggleButtons(options=["mid", "last"], value=self.stage, description="stage"),
-             whiten=W.Checkbox(self.whiten, description="whiten channels"),
-             foreground=W.Dropdown(options=[("off", None), ("> 0 σ", 0.0), ("> 0.5 σ", 0.5), ("> 1 σ", 1.0)], value=self.foreground, description="foreground"),
-             invert_foreground=W.Checkbox(self.invert_foreground, description="invert"),
-             patch_image=W.Dropdown(description="patch in"), patch_y=W.IntSlider(description="row (px)", continuous_update=False),
-             patch_x=W.IntSlider(description="col (px)", continuous_update=False))
-    msg, out = W.HTML(), W.Output()
-    for k, w in c.items(): w.observe(lambda ch, k=k: self._on_control(k, ch), names="value")
-    box = W.VBox([W.HBox([c["index"], c["count"], c["composite"]]), W.HBox([c["models"], W.VBox([c["stage"], W.HBox([c["whiten"], c["foreground"], c["invert_foreground"]])])]),
-                  W.HBox([c["patch_image"], c["patch_y"], c["patch_x"]]), msg, out])
-    self._ui = dict(controls=c, message=msg, output=out, box=box, syncing=False)
-    self._sync_ui()
-    return box
-
-def _on_control(self: FeatureMapInspector, k: str, change):
-    "A control changed: update the state; on a fault show it and put the control back."
-    ui = self._ui
-    if ui is None or ui["syncing"]: return
-    v = change["new"]
-    try:
-        if k.startswith("patch_"):
-            c = ui["controls"]
-            self.update(selected_patch=(c["patch_image"].value, c["patch_y"].value, c["patch_x"].value))
-        else: self.update(**{k: v})
-    except Exception as e:  # never die silently: show it, keep it, restore the control
-        self.error = f"{type(e).__name__}: {e}" if not isinstance(e, InspectorError) else str(e)
-        self._show_error(); self._sync_ui(render=False)
-
-def _show_error(self: FeatureMapInspector):
-    if self._ui is not None and self.error: self._ui["message"].value = f"<b style='color:#b00020'>⚠ {html.escape(self.error)}</b>"
-
-def _sync_ui(self: FeatureMapInspector, render: bool = True):
-    "Put the state into the controls (without triggering them) and redraw."
-    ui = self._ui
-    if ui is None: return
-    c, ui["syncing"] = ui["controls"], True
-    try:
-        for k in ("index", "count", "models", "stage", "whiten", "foreground", "invert_foreground"): c[k].value = getattr(self, k)
-        c["composite"].value = str(self.composite)
-        i, y, x = self.selected_patch
-        c["patch_image"].options = [(self.items[j].label, j) for j in self.shown]; c["patch_image"].value = i
-        H, W = self.image(i).shape[-2:]
-        c["patch_y"].max, c["patch_x"].max = H - 1, W - 1
-        c["patch_y"].value, c["patch_x"].value = y, x
-    finally: ui["syncing"] = False
-    if render and self.error is None:
-        ui["message"].value = ""
-        from IPython.display import display
-        with ui["output"]:
-            ui["output"].clear_output(wait=True)
-            display(self.view())
-
-for f in (_build_ui, _on_control, _show_error, _sync_ui): setattr(FeatureMapInspector, f.__name__, f)
-FeatureMapInspector.widget = property(lambda self: self._ui["box"] if self._ui is not None else self._build_ui())
-FeatureMapInspector.controls = property(lambda self: self.widget and self._ui["controls"])
-FeatureMapInspector._ipython_display_ = lambda self: __import__("IPython.display").display.display(self.widget)
-
-# %% ../../nbs/61_viz.inspector.ipynb #f895d1f8
-def _title(self, m: str) -> str:
-    "A short model name for panel titles (a run folder path shortened to its last part)."
-    head, sep, tail = m.rpartition(":")
-    return f"{Path(head).name}:{tail}" if sep and "/" in head else m
-
+# %% ../../nbs/61_viz.inspector.ipynb #cdf8538b
 def _clim(kind, arrs):
-    "Colour limits of one row: similarity from its 2nd percentile to 1 (DINO cosines sit high), others their 2-98 % range."
+    ("Colour limits of one row: similarity from its 2nd percentile to 1 (DINO cosines sit high), others their 2-98 % "
+     "range.")
     v = np.concatenate([a.ravel() for a in arrs if a is not None]) if any(a is not None for a in arrs) else np.zeros(1)
-    return (float(np.percentile(v, 2)), 1.0) if kind == "similarity" else tuple(map(float, np.percentile(v, [2, 98])))
+    lo, hi = (float(np.percentile(v, 2)), 1.0) if kind == "similarity" else tuple(map(float, np.percentile(v, [2, 98])))
+    return lo, max(hi, lo + 1e-6)
 
-def _panels(self: FeatureMapInspector):
-    "[(row label, [(kind, array or None, image index)])] in display order."
-    rows = []
-    for r in self.rows:
-        if r == "input": rows.append(("input", [("rgb", c, i) for c, i in zip(self.composites, self.shown)]))
-        else:
-            for m in self.models:
-                arrs = self.maps[m][r]
-                kind = "rgb" if r == "pca" else r
-                rows.append((f"{r} · {self._title(m)}", [(kind, a, i) for a, i in zip(arrs, self.shown)]))
-    return rows
-
-def view(self: FeatureMapInspector, px: int = 180 # panel edge in screen pixels
-        ):
-    "The current state as a HoloViews layout (bokeh): one column per image, linked zoom and pan, tap to choose a patch."
-    import holoviews as hv
-    import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend without notebook JS)
-    hv.Store.set_current_backend("bokeh")
-    cmaps = {"similarity": "magma", "norms": "cividis", "attention": "viridis"}
-    qi, qy, qx = self.selected_patch
-    els, self._taps = [], []
-    for label, panels in self._panels():
-        clim = _clim(panels[0][0], [p[1] for p in panels]) if panels[0][0] != "rgb" else None
-        for kind, a, i in panels:
-            H, W = self.image(i).shape[-2:]
-            b = (0, 0, W, H)
-            title = self.items[i].label if label == "input" else label  # images named once, rows by model
-            opts = dict(width=px, height=px, xaxis=None, yaxis=None, title=title[:32], tools=["tap", "hover"], toolbar="above")
-            if a is None: el = hv.RGB(np.zeros((2, 2, 3)), bounds=b).opts(**opts)
-            elif kind == "rgb": el = hv.RGB(a, bounds=b).opts(**opts)
+class _InspectorView:
+    "The current state drawn: an interactive HoloViews/bokeh layout that redraws in place, a PNG, an HTML page."
+    def _panels(self):
+        "[(row label, full name, [(kind, array or None, image index)])] in display order."
+        rows = []
+        for r in self.rows:
+            if r == "input":
+                rows.append(("input", "input", [("rgb", c, i) for c, i in zip(self.composites, self.shown)]))
             else:
-                el = hv.Image(a, bounds=b).opts(cmap=cmaps[kind], clim=clim, **opts)
-            tap = hv.streams.Tap(source=el, x=None, y=None)
-            tap.add_subscriber(lambda x, y, i=i, H=H: x is not None and self._on_tap(i, H - y, x))
-            self._taps.append(tap)
-            if i == qi: el = el * hv.Points([(qx + 0.5, H - qy - 0.5)]).opts(marker="x", size=14, color="white", line_width=3)
-            els.append(el)
-    return hv.Layout(els).cols(len(self.shown)).opts(shared_axes=True)
+                for m in self.models:
+                    kind = "rgb" if r == "pca" else r
+                    rows.append((f"{r} · {short_name(m)}", f"{r} · {m}", [(kind, a, i) for a, i in zip(self.maps[m][r],
+                                                                                                       self.shown)]))
+        return rows
 
-def _on_tap(self: FeatureMapInspector, i: int, y: float, x: float):
-    "A click on a panel of image i at pixel (y, x)."
-    try: self.select_patch(i, y, x)
-    except Exception as e:
-        self.error = str(e); self._show_error()
+    def _element(self, row: int, k: int, px: int):
+        "Panel (row, column k) of the current state: the map, a colour bar on the row's last panel, the query cross."
+        import holoviews as hv
+        label, full, panels = self._panels()[row]
+        kind, a, i = panels[k]
+        H, W = self.image(i).shape[-2:]
+        b, qi, qy, qx = (0, 0, W, H), *self.selected_patch
+        title = self.items[i].label if label == "input" else label
+        opts = dict(frame_height=px, frame_width=px, xaxis=None, yaxis=None, title=title[:30], toolbar="above",
+                    framewise=True)
+        if a is None: el = hv.RGB(np.zeros((2, 2, 3)), bounds=b).opts(tools=["tap"], **opts)
+        elif kind == "rgb": el = hv.RGB(a, bounds=b).opts(tools=["tap"], **opts)
+        else:
+            bar = k == len(panels) - 1  # one colour bar per row: every panel of a row shares its limits
+            el = hv.Image(a, bounds=b, vdims=[kind]).opts(cmap=CMAPS[kind], clim=_clim(kind, [p[1] for p in panels]),
+                                                          colorbar=bar,
+                                                        tools=["tap", "hover"], hover_tooltips=[("map", full), (kind,
+                                                            "@image{0.000}")], **opts)
+        cross = hv.Points([(qx + 0.5, H - qy - 0.5)] if i == qi else [], kdims=["x", "y"])
+        return el * cross.opts(marker="x", size=14, color="white", line_width=3)
 
-for f in (_title, _panels, view, _on_tap): setattr(FeatureMapInspector, f.__name__, f)
+    def view(self, px: int = 180 # panel edge in screen pixels
+            ):
+        ("The current state as a HoloViews layout (bokeh): one column per image, linked zoom and pan; a tap chooses "
+         "the patch. Redraws in place when the state changes.")
+        import holoviews as hv
+        import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend)
+        load_notebook_extension()  # in a notebook the view renders without any manual hv.extension call
+        hv.Store.set_current_backend("bokeh")
+        redraw, els, self._taps = hv.streams.Counter(), [], []
+        for r in range(len(self._panels())):
+            for k in range(len(self.shown)):
+                tap = hv.streams.Tap(x=None, y=None)  # in the DynamicMap's streams, so the plot links it to the browser
+                tap.add_subscriber(lambda x, y, k=k: x is not None and self._on_tap(k, x, y),
+                                   precedence=-1)  # before the redraw
+                dm = hv.DynamicMap(lambda counter, x, y, r=r, k=k: self._element(r, k, px), streams=[redraw, tap])
+                self._taps.append(tap); els.append(dm)
+        self._views = self._views[-7:] + [(redraw, self._layout_key())]  # the last few views stay live
+        return hv.Layout(els).cols(len(self.shown)).opts(shared_axes=True)
 
-# %% ../../nbs/61_viz.inspector.ipynb #58db6e01
-def save_png(self: FeatureMapInspector, path, px: float = 1.6, # inches per panel
-             dpi: int = 100) -> Path:
-    "Draw the current view (same rows and columns) to a PNG with matplotlib; returns the path."
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    rows = self._panels()
-    nc = len(self.shown)
-    fig = Figure(figsize=(px * nc + 1.2, px * len(rows) + 0.3)); FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), nc, squeeze=False)
-    cm = {"similarity": "magma", "norms": "cividis", "attention": "viridis"}
-    qi, qy, qx = self.selected_patch
-    for r, (label, panels) in enumerate(rows):
-        lim = _clim(panels[0][0], [p[1] for p in panels]) if panels[0][0] != "rgb" else (None, None)
-        for k, (kind, a, i) in enumerate(panels):
-            ax = axes[r, k]; H, W = self.image(i).shape[-2:]
-            ax.set_xticks([]); ax.set_yticks([])
-            if r == 0: ax.set_title(self.items[i].label[:28], fontsize=7)
-            if k == 0: ax.set_ylabel(label, fontsize=7)
-            if a is None: ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes); continue
-            ext = (0, W, H, 0)
-            if kind == "rgb": ax.imshow(a, extent=ext, interpolation="nearest")
-            else: ax.imshow(a, extent=ext, cmap=cm[kind], vmin=lim[0], vmax=lim[1], interpolation="nearest")
-            if i == qi: ax.plot([qx + 0.5], [qy + 0.5], "x", color="white", ms=7, mew=2)
-    fig.suptitle(f"stage {self.stage} · composite {self.composite}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    def _layout_key(self): return (len(self.shown), tuple(self.models), self.rows)
 
-def save_html(self: FeatureMapInspector, path, px: int = 180) -> Path:
-    "The interactive view as a standalone HTML page with bokeh's JavaScript inlined (renders offline)."
-    import holoviews as hv
-    from bokeh.resources import INLINE
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    hv.save(self.view(px), str(path), backend="bokeh", resources=INLINE, title="deo_kit feature maps")
-    return path
+    def _redraw_views(self):
+        "Redraw in place every live view whose panels fit the state (views with other panels are dropped)."
+        key = self._layout_key()
+        self._views = [(c, k) for c, k in self._views if k == key]
+        for c, _ in self._views: c.event()
 
-FeatureMapInspector.save_png, FeatureMapInspector.save_html = save_png, save_html
+    def _on_tap(self, k: int, x: float, y: float):
+        "A tap on column k at bokeh coordinates (x, y): choose that pixel; a fault goes to the message line."
+        try:
+            i = self.shown[k]
+            self.select_patch(i, self.image(i).shape[-2] - y, x)
+        except Exception as e:
+            self.error = str(e); self._show_error()
+
+    def save_png(self, path, px: float = 1.6, # inches per panel
+                 dpi: int = 100) -> Path:
+        ("Draw the current view (same rows and columns, colour bars on the map rows) to a PNG with matplotlib; returns "
+         "the path.")
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        rows, nc = self._panels(), len(self.shown)
+        fig = Figure(figsize=(px * nc + 1.8, px * len(rows) + 0.3)); FigureCanvasAgg(fig)
+        axes = fig.subplots(len(rows), nc, squeeze=False)
+        qi, qy, qx = self.selected_patch
+        for r, (label, full, panels) in enumerate(rows):
+            lim = _clim(panels[0][0], [p[1] for p in panels]) if panels[0][0] != "rgb" else (None, None)
+            for k, (kind, a, i) in enumerate(panels):
+                ax = axes[r, k]; H, W = self.image(i).shape[-2:]
+                ax.set_xticks([]); ax.set_yticks([])
+                if r == 0: ax.set_title(self.items[i].label[:28], fontsize=7)
+                if k == 0: ax.set_ylabel(label, fontsize=7)
+                if a is None: ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes); continue
+                ext = (0, W, H, 0)
+                if kind == "rgb": ax.imshow(a, extent=ext, interpolation="nearest")
+                else:
+                    im = ax.imshow(a, extent=ext, cmap=CMAPS[kind], vmin=lim[0], vmax=lim[1], interpolation="nearest")
+                    if k == nc - 1: fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+                if i == qi: ax.plot([qx + 0.5], [qy + 0.5], "x", color="white", ms=7, mew=2)
+        fig.suptitle(f"stage {self.stage} · composite {self.composite}", fontsize=8)
+        fig.tight_layout()
+        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        return path
+
+    def save_html(self, path, px: int = 180) -> Path:
+        ("The current view as a standalone HTML page with bokeh's JavaScript inlined (renders offline; no kernel, so "
+         "taps do nothing).")
+        import holoviews as hv
+        from bokeh.resources import INLINE
+        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        hv.save(self.view(px), str(path), backend="bokeh", resources=INLINE, title="deo_kit feature maps")
+        return path
+
+# %% ../../nbs/61_viz.inspector.ipynb #ddfa35fc
+_FOREGROUND = [("off", "off"), ("> 0 σ", "0"), ("> 0.5 σ", "0.5"), ("> 1 σ",
+    "1")]  # string values: a None value shows as an empty dropdown
+
+def _fg_value(v) -> str: return "off" if v is None else f"{float(v):g}"
+
+class _InspectorWidget:
+    "ipywidgets controls, a message line and the view; every control calls `update`, and what depends on it redraws."
+    @property
+    def widget(self):
+        "The controls and the view (built on first use; loads the notebook extension)."
+        load_notebook_extension()
+        return self._ui["box"] if self._ui is not None else self._build_ui()
+
+    @property
+    def controls(self) -> dict: return self.widget and self._ui["controls"]
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+    def _notebook_view(self):
+        ("The view as a Panel pane: Panel's own notebook display inlines its CSS (HoloViews' display would link the "
+         "CDN).")
+        import panel as pn
+        return pn.pane.HoloViews(self.view())
+
+    def _build_ui(self):
+        import ipywidgets as W
+        n, names = len(self.items), list(self.encoders)
+        c = dict(index=W.BoundedIntText(self.index, min=0, max=n - 1, description="image"),
+                 count=W.IntSlider(self.count, min=1, max=min(8, n), description="shown"),
+                 composite=W.Combobox(value=str(self.composite), options=["true", "false", "swir"],
+                                      description="composite",
+                                      placeholder="true / false / swir / B11,B08,B04", ensure_option=False,
+                                      continuous_update=False),
+                 models=W.SelectMultiple(options=names, value=tuple(self.models), description="models", rows=min(4,
+                     len(names))),
+                 stage=W.ToggleButtons(options=["mid", "last"], value=self.stage, description="stage"),
+                 whiten=W.Checkbox(self.whiten, description="whiten channels"),
+                 foreground=W.Dropdown(options=_FOREGROUND, value=_fg_value(self.foreground), description="foreground"),
+                 invert_foreground=W.Checkbox(self.invert_foreground, description="invert"),
+                 patch_image=W.Dropdown(description="patch in"), patch_y=W.IntSlider(description="row (px)",
+                                                                                     continuous_update=False),
+                 patch_x=W.IntSlider(description="col (px)", continuous_update=False),
+                 add=W.Text(description="add model", placeholder="encoder spec, e.g. teacher or RUN:ms",
+                            continuous_update=False))
+        msg, out = W.HTML(), W.Output()
+        for k, w in c.items(): w.observe(lambda ch, k=k: self._on_control(k, ch), names="value")
+        box = W.VBox([W.HBox([c["index"], c["count"], c["composite"]]),
+                      W.HBox([c["models"], W.VBox([c["stage"], W.HBox([c["whiten"], c["foreground"],
+                                                                       c["invert_foreground"]]), c["add"]])]),
+                      W.HBox([c["patch_image"], c["patch_y"], c["patch_x"]]), msg, out])
+        box.add_class("deo-inspector")
+        self._ui = dict(controls=c, message=msg, output=out, box=box, syncing=False)
+        self._sync_ui()
+        return box
+
+    def _on_control(self, k: str, change):
+        "A control changed: update the state; on a fault show it and put the control back."
+        ui = self._ui
+        if ui is None or ui["syncing"]: return
+        v, c = change["new"], ui["controls"]
+        try:
+            if k.startswith("patch_"):
+                self.update(selected_patch=(c["patch_image"].value, c["patch_y"].value, c["patch_x"].value))
+            elif k == "foreground": self.update(foreground=None if v == "off" else float(v))
+            elif k == "add":
+                if v.strip(): self.add_encoders(v.strip())
+            else: self.update(**{k: v})
+        except Exception as e:  # never die silently: show it, keep it, restore the control
+            self.error = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
+            self._show_error(); self._sync_ui(render=False)
+
+    def _show_error(self):
+        if self._ui is not None and self.error:
+            self._ui["message"].value = f"<b style='color:#b00020'>⚠ {html.escape(self.error)}</b>"
+
+    def _sync_ui(self, render: bool = True):
+        "Put the state into the controls (without triggering them) and redraw what changed."
+        ui = self._ui
+        if ui is None: return
+        c, ui["syncing"] = ui["controls"], True
+        try:
+            c["models"].options = list(self.encoders); c["models"].rows = min(4, len(self.encoders))
+            for k in ("index", "count", "models", "stage", "whiten", "invert_foreground"): c[k].value = getattr(self, k)
+            c["foreground"].value, c["composite"].value, c["add"].value = (_fg_value(self.foreground),
+                                                                           str(self.composite), "")
+            i, y, x = self.selected_patch
+            c["patch_image"].options = [(self.items[j].label, j) for j in self.shown]; c["patch_image"].value = i
+            H, W = self.image(i).shape[-2:]
+            c["patch_y"].max, c["patch_x"].max = H - 1, W - 1
+            c["patch_y"].value, c["patch_x"].value = y, x
+        finally: ui["syncing"] = False
+        if render and self.error is None:
+            ui["message"].value = ""
+            if ui.get("key") != self._layout_key():  # first draw, or other panels (images shown, models): a new view
+                from IPython.display import display
+                with ui["output"]:
+                    ui["output"].clear_output(wait=True)
+                    display(self._notebook_view())
+                ui["key"] = self._layout_key()
+
+# %% ../../nbs/61_viz.inspector.ipynb #4dc56782
+class FeatureMapInspector(_InspectorWidget, _InspectorView, _InspectorState):
+    ("Feature maps of several encoders on several images: composites, joint PCA, similarity to one patch, norms, "
+     "attention.")
+    def __init__(self, encoders, # spec strings / loaded models (see `as_encoders`)
+                 images, # paths / arrays / DataArrays / a dataset / 'eurosat-sample' (see `as_images`)
+                 *, bands=None, # band names for arrays, datasets and bare students
+                 layout=None, # band order inside multi-band files
+                 index: int = 0, # first image shown
+                 count: int = 4, # images shown at once
+                 composite="true", # 'true', 'false', 'swir' or three band names
+                 stage: str = "last", # 'mid' or 'last'
+                 size: int | None = None, # model input edge (default: each encoder's own)
+                 rows=("input", "pca", "similarity"), # any of ROWS, in order
+                 tile: int | None = 224, # scenes larger than 2·tile are cut into tiles
+                 window=None, # (row, col, height, width) of a scene to read
+                 teacher_path=None, # optical teacher weights for 'teacher' specs (default: the normal lookup)
+                 device="cpu"):
+        self.encoders = as_encoders(encoders, bands, teacher_path, device)
+        self.items = as_images(images, bands, layout, tile, window)
+        bad = [r for r in rows if r not in ROWS]
+        if bad: raise InspectorError(f"unknown row(s) {bad}; choose from {ROWS}")
+        self.rows, self.size, self.error, self._cache, self._images = tuple(rows), size, None, {}, {}
+        self._teacher_path, self._device, self._ui, self._views = teacher_path, device, None, []
+        self._state = dict(index=index, count=max(1, min(count, len(self.items))), composite=composite,
+                           models=tuple(self.encoders),
+                           stage=stage, whiten=False, foreground=None, invert_foreground=False, selected_patch=None)
+        self.update()

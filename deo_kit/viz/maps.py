@@ -4,7 +4,7 @@
 
 # %% ../../nbs/60_viz.maps.ipynb #1236d1b7
 from __future__ import annotations
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,16 +19,18 @@ __all__ = ['COMPOSITES', 'composite_bands', 'stretch_limits', 'stretch', 'compos
            'cls_attention']
 
 # %% ../../nbs/60_viz.maps.ipynb #99701f21
-COMPOSITES = {"sentinel-2": {"true": ("B04", "B03", "B02"), "false": ("B08", "B04", "B03"), "swir": ("B12", "B8A", "B04")},
+COMPOSITES = {"sentinel-2": {"true": ("B04", "B03", "B02"), "false": ("B08", "B04", "B03"), "swir": ("B12", "B8A",
+                                                                                                     "B04")},
               "landsat-8": {"true": ("B4", "B3", "B2"), "false": ("B5", "B4", "B3"), "swir": ("B7", "B5", "B4")}}
 
-def composite_bands(composite="true", # 'true', 'false', 'swir', three comma-separated band names, or a sequence of three
+def composite_bands(composite="true", # 'true', 'false', 'swir', three comma-separated band names or a sequence of three
                     sensor: str = "sentinel-2") -> tuple[str, str, str]:
     "The three band names (red, green, blue channel) of a composite."
     named = COMPOSITES[canonical_sensor(sensor)]
     if isinstance(composite, str) and composite in named: return named[composite]
     if isinstance(composite, str) and "," not in composite:
-        raise ValueError(f"unknown composite {composite!r}: use one of {list(named)} or three band names such as 'B11,B08,B04'")
+        raise ValueError(f"unknown composite {composite!r}: use one of {list(named)} or three band names such as "
+                         "'B11,B08,B04'")
     names = [n.strip() for n in composite.split(",")] if isinstance(composite, str) else list(composite)
     if len(names) != 3: raise ValueError(f"a composite needs exactly 3 bands, got {names}")
     return normalize_bands(names, sensor)
@@ -44,6 +46,7 @@ def stretch_limits(arrays, # C×H×W arrays (or one) whose values set the limits
     lim[:, 1] = np.maximum(lim[:, 1], lim[:, 0] + 1e-6)  # flat band: avoid a zero division
     return lim.astype("float32")
 
+# %% ../../nbs/60_viz.maps.ipynb #ae00a402
 def stretch(x, # C×H×W values
             limits: np.ndarray | None = None, # C×2 from `stretch_limits`; None = this image's own
             lo: float = 2.0, hi: float = 98.0) -> np.ndarray: # H×W×C in [0, 1], NaN → 0
@@ -58,8 +61,10 @@ def _named(x, bands=None):
     "(C×H×W float32 array, band names, sensor) of a named DataArray or of an array/tensor with `bands` given."
     if isinstance(x, xr.DataArray):
         if "band" not in x.dims: raise ValueError(f"a DataArray needs a 'band' dimension, got dims {x.dims}")
-        return x.transpose("band", ...).values.astype("float32"), [str(b) for b in x.band.values], x.attrs.get("sensor", "sentinel-2")
-    if bands is None: raise ValueError("an array or tensor has no band names: pass bands= (e.g. the layout's band list)")
+        return x.transpose("band", ...).values.astype("float32"), [str(b) for b in x.band.values], x.attrs.get("sensor",
+            "sentinel-2")
+    if bands is None:
+        raise ValueError("an array or tensor has no band names: pass bands= (e.g. the layout's band list)")
     arr = x.detach().cpu().float().numpy() if torch.is_tensor(x) else np.asarray(x, dtype="float32")
     if arr.ndim != 3 or arr.shape[0] != len(bands):
         raise ValueError(f"expected a C×H×W image with C = {len(bands)} bands {list(bands)}, got shape {arr.shape}")
@@ -76,6 +81,7 @@ def composite_planes(x, # a named DataArray (band, y, x), or a C×H×W array/ten
     if missing: raise BandError(f"composite {composite!r} needs band(s) {missing}, but the image only has {names}")
     return arr[[names.index(b) for b in want]]
 
+# %% ../../nbs/60_viz.maps.ipynb #b4a941a4
 def band_composite(x, composite="true", bands=None, sensor: str | None = None,
                    lo: float = 2.0, hi: float = 98.0, # percentile stretch
                    limits: np.ndarray | None = None # shared limits (`stretch_limits`) so several images look alike
@@ -83,6 +89,7 @@ def band_composite(x, composite="true", bands=None, sensor: str | None = None,
     "A displayable composite of three named bands with a robust percentile stretch."
     return stretch(composite_planes(x, composite, bands, sensor), limits, lo, hi)
 
+# %% ../../nbs/60_viz.maps.ipynb #a1a76294
 def band_composites(images, # a list of named DataArrays (or arrays with `bands`)
                     composite="true", bands=None, lo: float = 2.0, hi: float = 98.0) -> list[np.ndarray]:
     "Composites of several images stretched with the SAME limits, so brightness is comparable across panels."
@@ -100,16 +107,19 @@ def tokens_to_maps(tokens: torch.Tensor, # B × (P + h·w) × D
     h, w = grid
     P = N - h * w if num_prefix is None else num_prefix
     if P < 0 or N - P != h * w:
-        raise ValueError(f"{N} tokens do not hold {num_prefix if num_prefix is not None else 'some'} prefix tokens plus a {h}×{w} grid")
+        raise ValueError(f"{N} tokens do not hold {num_prefix if num_prefix is not None else 'some'} prefix tokens "
+                         f"plus a {h}×{w} grid")
     return tokens[:, P:].transpose(1, 2).reshape(B, D, h, w)
 
+# %% ../../nbs/60_viz.maps.ipynb #1c050fe7
 def as_map_list(maps) -> list[torch.Tensor]:
     "A list of float32 `D × h × w` maps from a `B × D × h × w` tensor or a list of 3-D maps/arrays."
     if torch.is_tensor(maps) and maps.ndim == 4: maps = list(maps)
     out = [torch.as_tensor(m).detach().float().cpu() for m in maps]
     bad = [tuple(m.shape) for m in out if m.ndim != 3]
     if bad or not out: raise ValueError(f"expected D×h×w feature maps (one per image), got shapes {bad or 'none'}")
-    if len({m.shape[0] for m in out}) > 1: raise ValueError(f"maps of one model must share the feature width D, got {[m.shape[0] for m in out]}")
+    if len({m.shape[0] for m in out}) > 1:
+        raise ValueError(f"maps of one model must share the feature width D, got {[m.shape[0] for m in out]}")
     return out
 
 # %% ../../nbs/60_viz.maps.ipynb #f522e9bb
@@ -121,6 +131,7 @@ class PCAFit(NamedTuple):
     std: torch.Tensor        # k: std of each component over the fitted patches
     explained: torch.Tensor  # k: fraction of the total variance
 
+# %% ../../nbs/60_viz.maps.ipynb #5900ad37
 def _patches(maps, masks=None) -> torch.Tensor: # N × D
     rows = [m.flatten(1).T for m in maps]
     if masks is not None: rows = [r[torch.as_tensor(k).flatten().bool()] for r, k in zip(rows, masks)]
@@ -137,16 +148,20 @@ def fit_pca(maps, # B×D×h×w or a list of D×h×w (fitted jointly)
     mean = X.mean(0)
     scale = X.std(0).clamp_min(1e-8) if whiten else torch.ones_like(mean)
     Xc = (X - mean) / scale
-    evals, evecs = (t.double() for t in torch.linalg.eigh((Xc.T @ Xc / (len(Xc) - 1)).float()))  # ascending; f32 LAPACK is ~20× faster here
+    # ascending; f32 LAPACK: ~20× faster
+    evals, evecs = (t.double() for t in torch.linalg.eigh((Xc.T @ Xc / (len(Xc) - 1)).float()))
     evals, evecs = evals.flip(0)[:k].clamp_min(0), evecs.flip(1)[:, :k].T  # k, k×D
     sign = torch.sign(evecs.gather(1, evecs.abs().argmax(1, keepdim=True)))  # largest loading positive
     total = torch.diagonal(Xc.T @ Xc).sum() / (len(Xc) - 1)
     f = lambda t: t.float()
     return PCAFit(f(mean), f(scale), f(evecs * sign), f(evals.sqrt()), f(evals / total.clamp_min(1e-12)))
 
+# %% ../../nbs/60_viz.maps.ipynb #8bfaa5ee
 def pca_project(maps, fit: PCAFit) -> list[torch.Tensor]: # each k × h × w
     "Project every map onto the fitted components."
-    return [torch.einsum("kd,dhw->khw", fit.components, (m - fit.mean[:, None, None]) / fit.scale[:, None, None]) for m in as_map_list(maps)]
+    return [torch.einsum("kd,dhw->khw", fit.components, (m - fit.mean[:, None, None]) / fit.scale[:, None,
+        None]) for m in as_map_list(maps)]
+
 
 # %% ../../nbs/60_viz.maps.ipynb #7a1ad511
 def foreground_masks(maps, threshold: float = 0.0, # in std of the first component
@@ -157,11 +172,13 @@ def foreground_masks(maps, threshold: float = 0.0, # in std of the first compone
     z = [p[0] / fit.std[0].clamp_min(1e-12) for p in pca_project(maps, fit)]
     return [(zi < -threshold) if invert else (zi > threshold) for zi in z]
 
+# %% ../../nbs/60_viz.maps.ipynb #9023de3b
 class PCAMaps(NamedTuple):
     rgb: list[np.ndarray]        # h×w×3 in [0, 1] per image (background black)
     masks: list[np.ndarray] | None # h×w foreground masks when `foreground` was set
     fit: PCAFit
 
+# %% ../../nbs/60_viz.maps.ipynb #0e969f3c
 def pca_rgb(maps, # B×D×h×w or a list of D×h×w, one per image shown
             whiten: bool = False, # standardise feature channels before the PCA
             foreground: float | None = None, # threshold (std) on the first component; None = no mask
@@ -175,7 +192,9 @@ def pca_rgb(maps, # B×D×h×w or a list of D×h×w, one per image shown
         raise ValueError(f"foreground threshold {foreground} keeps no patch; lower it or set invert_foreground")
     fit = fit_pca(maps, 3, whiten, masks)
     proj = pca_project(maps, fit)
-    sel = torch.cat([p.flatten(1)[:, torch.as_tensor(m).flatten()] if masks is not None else p.flatten(1) for p, m in zip(proj, masks or proj)], 1)
+    sel = torch.cat([p.flatten(1)[:,
+                                  torch.as_tensor(m).flatten()] if masks is not None else p.flatten(1)
+                     for p, m in zip(proj, masks or proj)], 1)
     lim = torch.quantile(sel, torch.tensor([lo / 100, hi / 100]), dim=1).T  # 3 × 2, joint over images
     rgb = []
     for i, p in enumerate(proj):
@@ -194,21 +213,25 @@ def locate_patch(y: float, x: float, # pixel position in the image (row, column)
     if not (0 <= y < H and 0 <= x < W): raise ValueError(f"pixel ({y}, {x}) is outside the {H}×{W} image")
     return min(int(y * h / H), h - 1), min(int(x * w / W), w - 1)
 
+# %% ../../nbs/60_viz.maps.ipynb #2c254c4f
 def patch_vector(maps, image: int, row: int, col: int) -> torch.Tensor: # D
     "The feature vector of one patch."
     maps = as_map_list(maps)
     if not 0 <= image < len(maps): raise IndexError(f"image {image} out of range: {len(maps)} images")
     D, h, w = maps[image].shape
-    if not (0 <= row < h and 0 <= col < w): raise IndexError(f"patch ({row}, {col}) outside the {h}×{w} grid of image {image}")
+    if not (0 <= row < h and 0 <= col < w):
+        raise IndexError(f"patch ({row}, {col}) outside the {h}×{w} grid of image {image}")
     return maps[image][:, row, col]
 
+# %% ../../nbs/60_viz.maps.ipynb #106f8be0
 def cosine_similarity_maps(maps, # B×D×h×w or a list of D×h×w (one model)
                            query # (image, row, col) of a patch, or a D-vector
                           ) -> list[np.ndarray]: # h×w in [-1, 1] per image
     "Cosine similarity of every patch of every image to the query patch."
     maps = as_map_list(maps)
     q = torch.as_tensor(query, dtype=torch.float32) if not isinstance(query, tuple) else patch_vector(maps, *query)
-    if q.shape != (maps[0].shape[0],): raise ValueError(f"query has shape {tuple(q.shape)}, maps have D = {maps[0].shape[0]}")
+    if q.shape != (maps[0].shape[0],):
+        raise ValueError(f"query has shape {tuple(q.shape)}, maps have D = {maps[0].shape[0]}")
     q = F.normalize(q, dim=0)
     return [torch.einsum("d,dhw->hw", q, F.normalize(m, dim=0)).numpy() for m in maps]
 
@@ -217,27 +240,33 @@ def feature_norms(maps) -> list[np.ndarray]: # h×w per image
     "L2 norm of every patch feature."
     return [m.norm(dim=0).numpy() for m in as_map_list(maps)]
 
+# %% ../../nbs/60_viz.maps.ipynb #ce350a28
 def _vit_parts(model):
     "(blocks, block index, prefix tokens, patch size, run(x)) of a ViT with a class token, else None."
-    if hasattr(model, "arch") and hasattr(model, "model") and getattr(model.arch, "family", "") == "dinov2":  # OpticalTeacher
+    if hasattr(model, "arch") and hasattr(model, "model") and getattr(model.arch, "family",
+                                                                      "") == "dinov2":  # OpticalTeacher
         return model.model.blocks, model.layers[-1], 1 + model.num_reg, model.patch_size, lambda x, **kw: model(x)
     if hasattr(model, "cls_token") and hasattr(model, "blocks") and hasattr(model, "last_stage"):  # DualStemViT
-        return model.blocks, model.last_stage, 1, model.patch_size, lambda x, path="ms": model(x, path=path, patches=False)
+        return model.blocks, model.last_stage, 1, model.patch_size, lambda x, path="ms": model(x, path=path,
+                                                                                               patches=False)
     return None
 
 def has_cls_attention(model) -> bool:
     "True for models `cls_attention` can read (DINOv2-family optical teachers, ViT students)."
     return _vit_parts(model) is not None
 
+# %% ../../nbs/60_viz.maps.ipynb #7370ae80
 @torch.no_grad()
 def cls_attention(model, # an OpticalTeacher (DINOv2 family) or a DualStemViT student
-                  x: torch.Tensor, # B×C×H×W as the model takes it (RGB on [0, 1] for the teacher, normalised bands for a student)
+                  x: torch.Tensor, # B×C×H×W as the model takes it (teacher: RGB on [0, 1]; student: normalised bands)
                   block: int | None = None, # 0-based block; default the model's last feature block
                   **kw # path='ms'|'rgb' for a student
                  ) -> torch.Tensor: # B × heads × h × w, rows sum to ≤ 1 over the patches
     "Attention weights of the class token to every patch in one block (class and register columns dropped)."
     parts = _vit_parts(model)
-    if parts is None: raise TypeError(f"{type(model).__name__} has no class token to read attention from (Swin students pool instead)")
+    if parts is None:
+        raise TypeError(f"{type(model).__name__} has no class token to read attention from (Swin students pool "
+                        "instead)")
     blocks, default, P, p, run = parts
     attn, got = blocks[default if block is None else block].attn, {}
     def hook(mod, args): got["x"] = args[0]  # attention's input: the block's normed tokens
