@@ -201,7 +201,7 @@ def cmd_method(a):
     model, opt, scaler, autocast, _ = _prepare(cfg, None, dev)
     timings = dict(setup=time.perf_counter() - t_start)
     rgb = [bands.index(b) for b in ("B04", "B03", "B02")]
-    t_enc = TeacherEncoder(_teacher_of(model), size=112 if a.dry_run else 224)
+    t_enc = TeacherEncoder(model.teacher, size=112 if a.dry_run else 224)
     probes = [_probe("teacher (RGB)", _features(t_enc, X[:, rgb]), y, classes, a.dry_run)]
     probes.append(_probe("student MS, step 0", _features(_student_encoder(model.student, cfg, "ms", "step0", ""), X), y,
                          classes, a.dry_run))
@@ -241,14 +241,6 @@ def cmd_method(a):
     _write(Path(a.parts) / "method.json", res)
     print(json.dumps({k: v for k, v in res.items() if k not in ("losses", "probes")}))
     return 0
-
-
-def _teacher_of(model):
-    "The frozen optical teacher a DEOModel holds (kept in a list, out of its state dict)."
-    t = getattr(model, "teacher", None)
-    if t is None or isinstance(t, list):
-        t = model._teacher[0]
-    return t
 
 
 # ---- merge ----

@@ -164,16 +164,15 @@ class StudentEncoder(Encoder):
         self.dn_level = float(self.mean.mean())  # its statistics' scale
         self.rgb_scale, self.patch_size, self.device = norm.rgb_scale, model.patch_size, next(model.parameters()).device
         if path == "rgb": self.bands = tuple(self.bands[i] for i in self.rgb_idx)
+        self._rgb_norm = norm.rgb_only() if path == "rgb" else None  # the RGB path normalises its 3 bands only
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         "Raw DN (B C H W, all bands) → the normalised input the student was trained on (`self.norm`)."
         return self.norm(x).to(x.dtype)
 
     def _forward(self, x, layer):
-        if self.path == "rgb":  # rebuild a full-band tensor so normalisation is looked up by band
-            full = x.new_zeros(x.shape[0], len(self.mean), *x.shape[2:]); full[:, self.rgb_idx] = x; x = full
-        z = self.normalise(x)
-        out = self.model(z[:, self.rgb_idx] if self.path == "rgb" else z, path=self.path, patches=layer != "global")
+        z = self._rgb_norm(x).to(x.dtype) if self.path == "rgb" else self.normalise(x)
+        out = self.model(z, path=self.path, patches=layer != "global")
         return _pick(out.global_, out.mid, out.last, layer)
 
 # %% ../../nbs/50_eval.encoders.ipynb #bd437835

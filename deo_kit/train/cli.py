@@ -61,14 +61,10 @@ def _changes(a) -> dict:
     put(d, parse_overrides(a.overrides))
     return d
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v,
-        dict) else [(f"{prefix}{k}", v)])}
-
 def resume_config(a):
     ("The config saved with the run `--resume` names, changed by the command line in RESUME_SAFE keys only (any other "
      "difference is an error listing it).")
-    from deo_kit.checkpoint import run_config
+    from deo_kit.checkpoint import _flat, run_config
     saved = run_config(a.resume)
     wanted = load_config(a.preset or "demo", a.config,
                          _changes(a)) if (a.preset or a.config) else validate_config(merge(copy.deepcopy(saved),
@@ -170,12 +166,12 @@ def describe_run(cfg) -> str:
     "What `deo pretrain` will do with `cfg`: steps, images, epochs, crops, checkpoints and their size."
     import yaml
     from deo_kit.train.data import _shard_roots, epoch_samples, read_sources, resolve_run_length
-    cfg, _ = resolve_run_length(cfg, log=None)
+    cfg, src = resolve_run_length(cfg, log=None)  # src: the sources it read, when train.epochs is set
     t, o, c = cfg.train, cfg.optim, cfg.crops
     images = t.steps * o.batch_size  # optim.batch_size is the whole step; accum_steps only splits it into micro-batches
     if _shard_roots(cfg): epochs = "streamed shard folders: length not known in advance"
     else:
-        n = epoch_samples(cfg, read_sources(cfg, masks=False))
+        n = epoch_samples(cfg, src if src is not None else read_sources(cfg, masks=False))
         epochs = f"{images / n:.2f} epochs of {n} samples, {cfg.data.window_scale[0] * c.global_size:g} px windows"
     size = checkpoint_bytes(cfg)
     n_ckpt = len(set(range(t.checkpoint_every, t.steps + 1, t.checkpoint_every)) | {t.steps})
